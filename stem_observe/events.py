@@ -1,0 +1,320 @@
+"""The event types every source emits and every sink receives.
+
+Events are frozen dataclasses with slots: cheap to build on a worker's hot path, safe to
+hand to several receivers, and the only vocabulary sources and sinks share.
+
+Times are epoch seconds (``float``, as from ``time.time()``); durations are seconds and
+say so in their name (``runtime_s``). ``in_process`` is true when the signal is sent from
+inside the task's own execution context (the worker API, the Celery plugin): sinks may
+then bind context to it, such as the current span and the log fields. Sources that observe
+tasks from outside (the Stem Redis watcher) leave it false.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Event",
+    "QueueSnapshot",
+    "QueueWorkerSnapshot",
+    "ScheduleEntryDispatched",
+    "ScheduleEntryDue",
+    "ScheduleEntryEvent",
+    "ScheduleEntryFailed",
+    "TaskDeadLettered",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskHeartbeat",
+    "TaskPostrun",
+    "TaskPrerun",
+    "TaskPublished",
+    "TaskReceived",
+    "TaskRetry",
+    "TaskRevoked",
+    "TaskState",
+    "TaskSucceeded",
+    "WorkerEvent",
+    "WorkerHeartbeat",
+    "WorkerQueueLoad",
+    "WorkerReady",
+    "WorkerShutdown",
+    "WorkerStopping",
+]
+
+TaskState = Literal["succeeded", "failed", "retried", "revoked"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event: when it happened."""
+
+    occurred_at: float = field(default_factory=time.time)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskEvent(Event):
+    """What every task event carries.
+
+    ``headers`` holds the task's message headers as strings; a W3C ``traceparent`` (and
+    ``tracestate``) there makes the task's span join the producer's trace.
+    """
+
+    task_id: str
+    task_name: str
+    queue: str = "default"
+    attempt: int = 0
+    max_retries: int = 0
+    worker_id: str | None = None
+    headers: Mapping[str, str] | None = None
+    in_process: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPublished(TaskEvent):
+    """A producer handed the task to the broker (``after-task-publish``).
+
+    ``eta`` is the deliberate earliest start (ETA / countdown), if any.
+    """
+
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReceived(TaskEvent):
+    """A worker took delivery of the task (``task-received``).
+
+    ``enqueued_at`` is when the producer published it and ``eta`` any deliberate delay;
+    together they give the queue-wait time without counting the delay.
+    """
+
+    enqueued_at: float | None = None
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPrerun(TaskEvent):
+    """The handler is about to run (``task-prerun``)."""
+
+    enqueued_at: float | None = None
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSucceeded(TaskEvent):
+    """The attempt succeeded (``task-succeeded``). ``runtime_s`` is the handler's run time."""
+
+    runtime_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailed(TaskEvent):
+    """The task failed for good (``task-failed``): no retry follows.
+
+    ``exception`` is the live exception object when the source has it (in-process); sinks
+    must not rely on it and use the string fields instead.
+    """
+
+    error_type: str = "Exception"
+    error_message: str = ""
+    stacktrace: str | None = None
+    runtime_s: float | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRetry(TaskEvent):
+    """The attempt failed and a retry was scheduled (``task-retry``).
+
+    ``attempt`` is the attempt that failed; the next runs as ``attempt + 1``.
+    """
+
+    reason: str = ""
+    error_type: str | None = None
+    error_message: str | None = None
+    next_retry_at: float | None = None
+    retry_delay_s: float | None = None
+    runtime_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRevoked(TaskEvent):
+    """The task was revoked, skipped or terminated (``task-revoked``)."""
+
+    reason: str = "revoked"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDeadLettered(TaskEvent):
+    """The task was moved to a dead-letter queue (``task-dead-lettered``).
+
+    ``reason`` is short and bounded (Stem writes ``max-retries-exhausted``,
+    ``unregistered-task``, ``signature-invalid``); ``error`` is free text.
+    """
+
+    reason: str = "max-retries-exhausted"
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPostrun(TaskEvent):
+    """The execution is over, whatever its outcome (``task-postrun``)."""
+
+    state: TaskState = "succeeded"
+    runtime_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskHeartbeat(TaskEvent):
+    """A running task reports it is alive, optionally with progress in ``[0, 1]``."""
+
+    progress: float | None = None
+    message: str | None = None
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerEvent(Event):
+    """What every worker event carries."""
+
+    worker_id: str
+    queues: tuple[str, ...] = ()
+    namespace: str = "stem"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReady(WorkerEvent):
+    """The worker started and consumes (``worker-ready``)."""
+
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStopping(WorkerEvent):
+    """The worker begins to shut down (``worker-stopping``); ``reason`` is warm/soft/hard."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerShutdown(WorkerEvent):
+    """The worker has stopped (``worker-shutdown``)."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerQueueLoad:
+    """One entry of a heartbeat's per-queue in-flight list."""
+
+    name: str
+    inflight: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerHeartbeat(WorkerEvent):
+    """A worker heartbeat (``worker-heartbeat``), with the fields of Stem's ``WorkerHeartbeat``.
+
+    ``timestamp`` is when the worker built the heartbeat (``occurred_at`` is when it was
+    seen); ``interval_s`` is the worker's heartbeat interval when known, so staleness can
+    be judged as a multiple of it.
+    """
+
+    timestamp: float = field(default_factory=time.time)
+    inflight: int = 0
+    isolate_count: int | None = None
+    concurrency: int | None = None
+    max_concurrency: int | None = None
+    prefetch: int | None = None
+    last_lease_renewal: float | None = None
+    queue_loads: tuple[WorkerQueueLoad, ...] = ()
+    host: str | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    memory_bytes: int | None = None
+    memory_percent: float | None = None
+    load_avg: tuple[float, ...] = ()
+    cpu_count: int | None = None
+    started: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    queue_depth: int | None = None
+    interval_s: float | None = None
+    version: str = "1"
+
+
+# --------------------------------------------------------------------------- queues
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWorkerSnapshot:
+    """In-flight count of one consumer of a queue."""
+
+    worker_id: str
+    inflight: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSnapshot(Event):
+    """A point-in-time view of one queue (``queue-snapshot``), from a poller.
+
+    ``None`` means "not measured" (a gauge keeps its last value); ``0`` is a measurement.
+    """
+
+    queue: str
+    namespace: str = "stem"
+    pending: int | None = None
+    inflight: int | None = None
+    delayed: int | None = None
+    delayed_overdue: int | None = None
+    dead_letters: int | None = None
+    oldest_pending_age_s: float | None = None
+    oldest_dead_letter_age_s: float | None = None
+    consumers: tuple[QueueWorkerSnapshot, ...] = ()
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEntryEvent(Event):
+    """What every schedule (beat) event carries."""
+
+    entry_id: str
+    task_name: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEntryDue(ScheduleEntryEvent):
+    """A schedule entry is due (``schedule-entry-due``)."""
+
+    tick_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEntryDispatched(ScheduleEntryEvent):
+    """A schedule entry was dispatched (``schedule-entry-dispatched``).
+
+    ``drift_s`` is ``executed_at - scheduled_for``.
+    """
+
+    scheduled_for: float | None = None
+    drift_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEntryFailed(ScheduleEntryEvent):
+    """Dispatching a schedule entry failed (``schedule-entry-failed``)."""
+
+    scheduled_for: float | None = None
+    error_type: str = "Exception"
+    error_message: str = ""
