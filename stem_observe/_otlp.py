@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from stem_observe.config import Settings
 from stem_observe.errors import ConfigError
 
-__all__ = ["build_tracer_provider"]
+__all__ = ["build_span_processor", "build_tracer_provider"]
 
 #: Large enough that a busy worker does not drop spans while the export thread waits
 #: for the GIL (2048, the SDK default, lost spans under load).
@@ -20,6 +20,16 @@ MAX_QUEUE_SIZE = 32_768
 def build_tracer_provider(settings: Settings) -> TracerProvider:
     """An SDK provider sampling ``trace_sample_ratio`` of root spans, exporting to
     ``otlp_endpoint`` (a full ``.../v1/traces`` URL or a collector base URL)."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+    )
+    provider.add_span_processor(build_span_processor(settings))
+    return provider
+
+
+def build_span_processor(settings: Settings) -> BatchSpanProcessor:
+    """A batch processor exporting to ``otlp_endpoint`` over OTLP/HTTP."""
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as exc:
@@ -32,11 +42,4 @@ def build_tracer_provider(settings: Settings) -> TracerProvider:
         raise ConfigError("otlp_endpoint", f"expected an http(s) URL, got {endpoint!r}")
     if not endpoint.rstrip("/").endswith("/v1/traces"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": settings.service_name}),
-        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
-    )
-    provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), max_queue_size=MAX_QUEUE_SIZE)
-    )
-    return provider
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), max_queue_size=MAX_QUEUE_SIZE)

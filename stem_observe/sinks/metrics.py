@@ -161,18 +161,15 @@ class MetricsSink:
                 series.extra[cache_key] = child
         return child
 
-    def _child(self, role: str, **values: str | None) -> Any:
-        """The child of a worker, queue or schedule metric (not on a task's hot path)."""
-        spec: Spec | None = self._specs.get(role)
-        if spec is None:
-            return None
-        key = tuple(str(values.get(k) or "") for k in spec.keys)
-        child = self._children.get((role, key))
+    def _child(self, role: str, *values: str) -> Any:
+        """The child of a worker, queue or schedule metric, by admitted label values."""
+        key = (role, values)
+        child = self._children.get(key)
         if child is None:
-            labels = [self._admit(k, values.get(k)) for k in spec.keys]
-            child = self._metrics[role].labels(*labels)
-            if OVERFLOW not in labels:
-                self._children[(role, key)] = child
+            if role not in self._specs:
+                return None
+            child = self._metrics[role].labels(*values)
+            self._children[key] = child  # bounded: admitted values are
         return child
 
     def _exemplar(self, event: ev.TaskEvent, trace_id: str | None) -> Exemplar:
@@ -202,7 +199,7 @@ class MetricsSink:
             if wait >= 0:
                 series.queue_wait.observe(wait)
         if event.in_process and event.worker_id:
-            self._child("worker_inflight", worker=event.worker_id).inc()
+            self._child("worker_inflight", self._admit("worker", event.worker_id)).inc()
 
     def on_succeeded(self, event: ev.TaskSucceeded, trace_id: str | None) -> None:
         series = self._task(event)
@@ -242,28 +239,31 @@ class MetricsSink:
 
     def on_postrun(self, event: ev.TaskPostrun, trace_id: str | None) -> None:
         if event.in_process and event.worker_id:
-            self._child("worker_inflight", worker=event.worker_id).dec()
+            self._child("worker_inflight", self._admit("worker", event.worker_id)).dec()
 
     # ----------------------------------------------------------------- workers, queues
 
     def on_worker_ready(self, event: ev.WorkerReady, trace_id: str | None) -> None:
-        self._child("worker_up", worker=event.worker_id).set(1)
+        worker = self._admit("worker", event.worker_id)
+        self._child("worker_up", worker).set(1)
         if event.concurrency is not None:
-            self._child("worker_concurrency", worker=event.worker_id).set(event.concurrency)
+            self._child("worker_concurrency", worker).set(event.concurrency)
 
     def on_worker_shutdown(self, event: ev.WorkerShutdown, trace_id: str | None) -> None:
-        self._child("worker_up", worker=event.worker_id).set(0)
-        self._child("worker_inflight", worker=event.worker_id).set(0)
+        worker = self._admit("worker", event.worker_id)
+        self._child("worker_up", worker).set(0)
+        self._child("worker_inflight", worker).set(0)
 
     def on_worker_heartbeat(self, event: ev.WorkerHeartbeat, trace_id: str | None) -> None:
-        worker = event.worker_id
-        self._child("worker_up", worker=worker).set(1)
-        self._child("worker_last_heartbeat", worker=worker).set(event.timestamp)
-        self._child("worker_inflight", worker=worker).set(event.inflight)
+        worker = self._admit("worker", event.worker_id)
+        self._child("worker_up", worker).set(1)
+        self._child("worker_last_heartbeat", worker).set(event.timestamp)
+        self._child("worker_inflight", worker).set(event.inflight)
         if event.concurrency is not None:
-            self._child("worker_concurrency", worker=worker).set(event.concurrency)
+            self._child("worker_concurrency", worker).set(event.concurrency)
 
     def on_queue_snapshot(self, event: ev.QueueSnapshot, trace_id: str | None) -> None:
+        queue = self._admit("queue", event.queue)
         for role, value in (
             ("queue_pending", event.pending),
             ("queue_inflight", event.inflight),
@@ -274,20 +274,21 @@ class MetricsSink:
             ("dlq_oldest_age", event.oldest_dead_letter_age_s),
         ):
             if value is not None:
-                self._child(role, queue=event.queue).set(value)
+                self._child(role, queue).set(value)
 
     def on_schedule_due(self, event: ev.ScheduleEntryDue, trace_id: str | None) -> None:
-        self._child("schedule_due", schedule=event.entry_id).inc()
+        self._child("schedule_due", self._admit("schedule", event.entry_id)).inc()
 
     def on_schedule_dispatched(
         self, event: ev.ScheduleEntryDispatched, trace_id: str | None
     ) -> None:
-        self._child("schedule_dispatched", schedule=event.entry_id).inc()
+        schedule = self._admit("schedule", event.entry_id)
+        self._child("schedule_dispatched", schedule).inc()
         if event.drift_s is not None:
-            self._child("schedule_drift", schedule=event.entry_id).observe(abs(event.drift_s))
+            self._child("schedule_drift", schedule).observe(abs(event.drift_s))
 
     def on_schedule_failed(self, event: ev.ScheduleEntryFailed, trace_id: str | None) -> None:
-        self._child("schedule_failed", schedule=event.entry_id).inc()
+        self._child("schedule_failed", self._admit("schedule", event.entry_id)).inc()
 
     # ----------------------------------------------------------------- introspection
 

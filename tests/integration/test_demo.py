@@ -1,0 +1,97 @@
+"""``stem-observe demo`` runs the whole pipeline as a user would start it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from tests.support.wait import wait_for
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def scrape(url: str) -> str:
+    request = urllib.request.Request(url, headers={"Accept": OPENMETRICS})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def test_demo_serves_metrics_with_retries_dead_letters_and_exemplars(tmp_path: Path) -> None:
+    stderr = (tmp_path / "stderr").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stem_observe", "demo", "--duration", "120s", "--port", "0",
+         "--rate", "80", "--seed", "7"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    try:
+        banner = wait_for(
+            lambda: next((line for line in list(lines) if "metrics :" in line), None),
+            timeout_s=30, message="the demo banner",
+        )
+        match = re.search(r"(http://\S+/metrics)", banner)
+        assert match, banner
+        url = match.group(1)
+
+        def interesting() -> str | None:
+            body = scrape(url)
+            dead = re.search(
+                r'^stem_tasks_dead_lettered_total\{[^}]*queue="payments"[^}]*\} (\d+)', body, re.M)
+            retried = re.search(
+                r'^stem_tasks_retried_total\{queue="emails",task="emails.send"\} (\d+)', body, re.M)
+            dlq = re.search(r'^stem_dlq_depth\{queue="payments"\} [1-9]', body, re.M)
+            if dead and retried and dlq and float(dead.group(1)) > 0 and float(retried.group(1)) > 0:
+                return body
+            return None
+
+        body = wait_for(interesting, timeout_s=60, interval_s=0.5,
+                        message="retries and dead letters on /metrics")
+        assert re.search(r'stem_tasks_failed_total\{[^}]*\} \d+\.\d+ # \{task_id="[0-9a-f-]{36}",'
+                         r'trace_id="[0-9a-f]{32}"\}', body)
+        assert re.search(r'^stem_worker_up\{worker="demo-worker-1"\} 1\.0', body, re.M)
+        assert re.search(r"^stem_task_queue_wait_seconds_count\{", body, re.M)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            reader.join(timeout=5)
+            process.stdout.close()
+            stderr.close()
+    output = "".join(lines)
+    assert process.returncode == 0, (output, (tmp_path / "stderr").read_text())
+    assert "spans by name:" in output
+    assert re.search(r"failed task [0-9a-f-]{36} -> trace [0-9a-f]{32}", output)
+
+
+def test_demo_rejects_a_bad_duration() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stem_observe", "demo", "--duration", "soon"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "duration" in result.stderr and "soon" in result.stderr
+
+
+def test_demo_ends_by_itself_after_its_duration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stem_observe", "demo", "--duration", "2s", "--port", "0",
+         "--rate", "50"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "spans by name:" in result.stdout

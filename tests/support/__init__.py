@@ -1,0 +1,1 @@
+"""Test helpers: real servers started on free ports, and waiting on conditions."""

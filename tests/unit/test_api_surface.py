@@ -1,0 +1,56 @@
+"""The public API is a deliberate list; events and signals use Stem's names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import stem_observe
+from stem_observe import events as ev
+from stem_observe import signals
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in vars(stem_observe) if not name.startswith("_")}
+    modules = {"bridge", "cli", "config", "errors", "server", "sinks", "sources"}
+    assert set(stem_observe.__all__) == (public - modules) | {"__version__"}
+    for name in stem_observe.__all__:
+        assert hasattr(stem_observe, name), name
+
+
+STEM_NAMES = {
+    "task-received", "task-prerun", "task-postrun", "task-retry", "task-succeeded",
+    "task-failed", "task-revoked", "worker-ready", "worker-stopping", "worker-shutdown",
+    "worker-heartbeat", "schedule-entry-due", "schedule-entry-dispatched",
+    "schedule-entry-failed", "task-dead-lettered", "task-heartbeat", "queue-snapshot",
+    "after-task-publish",
+}
+
+
+def test_every_signal_of_the_design_exists_with_its_wire_name() -> None:
+    assert {sig.name for sig in signals.SIGNALS.values()} == STEM_NAMES
+    assert signals.task_retry.name == "task-retry"
+    assert signals.namespace["task-retry"] is signals.task_retry
+
+
+def test_every_concrete_event_has_a_signal_and_is_frozen() -> None:
+    concrete = [
+        obj for obj in vars(ev).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj in signals.SIGNALS
+    ]
+    assert len(concrete) == len(STEM_NAMES)
+    event = ev.TaskRetry(task_id="t", task_name="a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.task_id = "other"  # type: ignore[misc]
+    assert not hasattr(event, "__dict__")  # slots
+
+
+def test_a_signal_is_found_for_event_subclasses() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class CustomRetry(ev.TaskRetry):
+        extra: str = ""
+
+    assert signals.signal_for(CustomRetry) is signals.task_retry
+    with pytest.raises(TypeError, match="no signal"):
+        signals.signal_for(ev.Event)
