@@ -14,10 +14,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from opentelemetry.trace import TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from opentelemetry.trace import TracerProvider
 
 from stem_observe import signals
 from stem_observe.config import Settings
@@ -229,7 +229,7 @@ def installed() -> Bridge | None:
 
 
 def _after_fork_in_child() -> None:
-    global _install_lock
+    global _install_lock  # noqa: PLW0603 - a lock held at fork time must be replaced
     _install_lock = threading.Lock()
     if _installed is not None:
         _installed.after_fork()

@@ -116,7 +116,8 @@ class Settings:
         """Raise :class:`ConfigError` naming the first invalid setting."""
         if self.metrics_profile not in _PROFILES:
             raise ConfigError(
-                "metrics_profile", f"must be one of {', '.join(_PROFILES)}, got {self.metrics_profile!r}"
+                "metrics_profile",
+                f"must be one of {', '.join(_PROFILES)}, got {self.metrics_profile!r}",
             )
         for name in ("max_task_names", "max_queues", "max_workers", "max_label_values",
                      "max_open_spans"):

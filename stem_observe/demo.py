@@ -15,6 +15,7 @@ import itertools
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -287,8 +288,7 @@ class Demo:
         interval = 1.0 / self.rate if self.rate > 0 else 1.0
         while not self.stop.wait(self.random.expovariate(1.0 / interval)):
             kind = self.random.choices(self.task_types, weights)[0]
-            task_id = f"{self.random.getrandbits(128):032x}"
-            task_id = f"{task_id[:8]}-{task_id[8:12]}-{task_id[12:16]}-{task_id[16:20]}-{task_id[20:]}"
+            task_id = str(uuid.UUID(int=self.random.getrandbits(128), version=4))
             headers: dict[str, str] = {}
             with tracer.start_as_current_span(
                 "stem.enqueue", kind=SpanKind.PRODUCER,
@@ -333,7 +333,9 @@ class Demo:
                 elif error is not None:
                     raise error
         except (TransientError, PermanentError) as exc:
-            reason = "max-retries-exhausted" if isinstance(exc, TransientError) else "permanent-error"
+            reason = (
+                "max-retries-exhausted" if isinstance(exc, TransientError) else "permanent-error"
+            )
             self.broker.dead.setdefault(kind.queue, []).append(message)
             run.dead_letter(reason, error=f"{type(exc).__name__}: {exc}")
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any, Final
 
-from blinker import ANY, Namespace, NamedSignal
+from blinker import ANY, NamedSignal, Namespace
 
 from stem_observe import events as ev
 
@@ -27,6 +27,7 @@ __all__ = [
     "SIGNALS",
     "emit",
     "namespace",
+    "queue_snapshot",
     "receiver_errors",
     "schedule_entry_dispatched",
     "schedule_entry_due",
@@ -42,7 +43,6 @@ __all__ = [
     "task_retry",
     "task_revoked",
     "task_succeeded",
-    "queue_snapshot",
     "worker_heartbeat",
     "worker_ready",
     "worker_shutdown",

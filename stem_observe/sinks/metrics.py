@@ -12,6 +12,7 @@ I/O, take no lock on the fast path, and look series up in one dict per event.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -21,14 +22,14 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
-from stem_observe.sinks._instruments import BASE_KEYS, Spec, build_instruments
+from stem_observe.sinks._instruments import BASE_KEYS, build_instruments
 from stem_observe.sinks._labels import OVERFLOW, LabelLimiter
 from stem_observe.sinks._traceparent import sampled_trace_id
 
 __all__ = ["MetricsSink"]
 
 _MAX_EXEMPLAR_TASK_ID: Final = 80  # exemplar label sets are limited to 128 characters
-_TASK_ROLES: Final = (
+_TASK_ROLES: Final = (  # the roles bound once per (task, queue[, worker]): _TaskSeries
     "published", "received", "started", "succeeded", "failed", "retried", "revoked",
     "duration", "queue_wait",
 )
@@ -45,10 +46,18 @@ class _TaskSeries:
     )
 
     def __init__(self, sink: MetricsSink, values: dict[str, str]) -> None:
+        child = sink._base_child
         self.values = values
         self.extra: dict[tuple[str, str], Any] = {}
-        for role in _TASK_ROLES:
-            setattr(self, role, sink._base_child(role, values))
+        self.published: Any = child("published", values)
+        self.received: Any = child("received", values)
+        self.started: Any = child("started", values)
+        self.succeeded: Any = child("succeeded", values)
+        self.failed: Any = child("failed", values)
+        self.retried: Any = child("retried", values)
+        self.revoked: Any = child("revoked", values)
+        self.duration: Any = child("duration", values)
+        self.queue_wait: Any = child("queue_wait", values)
 
 
 class MetricsSink:
@@ -76,7 +85,7 @@ class MetricsSink:
             "reason": LabelLimiter("reason", s.max_label_values),
             "schedule": LabelLimiter("schedule", s.max_label_values),
         }
-        self._overflow = {
+        self._overflow: dict[str, Any] = {
             label: self._metrics["label_overflow"].labels(label) for label in self._limits
         }
         self._series: dict[tuple[str, ...], _TaskSeries] = {}
@@ -109,10 +118,8 @@ class MetricsSink:
     def close(self) -> None:
         """Unregister every instrument from the registry."""
         for metric in self._metrics.values():
-            try:
+            with contextlib.suppress(KeyError):
                 self.registry.unregister(metric)
-            except KeyError:
-                pass
 
     def _admit(self, key: str, value: str | None) -> str:
         admitted = self._limits[key].admit(value)

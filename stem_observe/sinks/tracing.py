@@ -136,7 +136,9 @@ class TracingSink:
             start_time=_ns(event.occurred_at),
         )
         span_context = span.get_span_context()
-        trace_id = format(span_context.trace_id, "032x") if span_context.trace_flags.sampled else None
+        trace_id = None
+        if span_context.trace_flags.sampled:
+            trace_id = format(span_context.trace_id, "032x")
         record = _Open(span, trace_id)
         previous = self._open.get(event.task_id)
         if previous is not None:  # a new attempt began without an outcome for the last one
@@ -206,7 +208,7 @@ class TracingSink:
             if event.exception is not None:
                 span.record_exception(event.exception, timestamp=_ns(event.occurred_at))
             else:
-                attributes = {
+                attributes: dict[str, Any] = {
                     "exception.type": event.error_type,
                     "exception.message": event.error_message,
                     "exception.escaped": True,
@@ -251,7 +253,7 @@ class TracingSink:
         if record is None:
             return sampled_trace_id(event.headers)
         if record.span.is_recording():
-            attributes = {"stem.dead_letter.reason": event.reason}
+            attributes: dict[str, Any] = {"stem.dead_letter.reason": event.reason}
             if event.error:
                 attributes["stem.dead_letter.error"] = event.error
             record.span.add_event("dead-lettered", attributes, timestamp=_ns(event.occurred_at))

@@ -65,7 +65,8 @@ def test_healthz_and_unknown_paths(server: HttpServer) -> None:
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert headers["content-type"] == "application/json"
     status, _, body = get(server, "/nope")
-    assert status == 404 and b"/nope" in body
+    assert status == 404
+    assert b"/nope" in body
 
 
 def test_a_failing_route_answers_500_and_the_server_keeps_serving(server: HttpServer) -> None:
@@ -78,5 +79,5 @@ def test_a_failing_route_answers_500_and_the_server_keeps_serving(server: HttpSe
 
 
 def test_a_taken_port_raises_oserror(server: HttpServer) -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="in use"):
         HttpServer(host=server.host, port=server.port).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,12 +22,12 @@ class Recorder(logging.Handler):
 
 
 @pytest.fixture
-def recorder() -> Recorder:
+def recorder() -> Iterator[Recorder]:
     handler = Recorder()
     logger = logging.getLogger("tests.app")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    yield handler  # type: ignore[misc]
+    yield handler
     logger.removeHandler(handler)
 
 

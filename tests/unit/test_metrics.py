@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TypedDict
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.exposition import generate_latest as text_format
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
 import stem_observe
 from stem_observe import events as ev
@@ -16,7 +17,16 @@ from stem_observe.sinks.metrics import MetricsSink
 from tests.conftest import Installed
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-TASK = {"task_id": "t-1", "task_name": "emails.send", "queue": "emails", "worker_id": "w-1"}
+class TaskFields(TypedDict):
+    task_id: str
+    task_name: str
+    queue: str
+    worker_id: str
+
+
+TASK: TaskFields = {
+    "task_id": "t-1", "task_name": "emails.send", "queue": "emails", "worker_id": "w-1"
+}
 TQ = {"task": "emails.send", "queue": "emails"}
 
 CASES: list[tuple[ev.Event, str, dict[str, str], float]] = [
@@ -92,7 +102,7 @@ def test_in_process_tasks_count_worker_inflight(installed: Installed) -> None:
 
 
 def _exemplar_lines(registry: CollectorRegistry, metric: str) -> list[str]:
-    body = openmetrics(registry).decode()
+    body: str = openmetrics(registry).decode()  # type: ignore[no-untyped-call]
     return [line for line in body.splitlines() if line.startswith(metric) and " # {" in line]
 
 
@@ -125,7 +135,9 @@ def test_exemplar_trace_id_is_the_task_span_trace(installed: Installed) -> None:
 
 def test_unsampled_trace_has_no_trace_id_exemplar(installed: Installed) -> None:
     unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
-    stem_observe.emit(ev.TaskFailed(task_id="t-2", task_name="x", headers={"traceparent": unsampled}))
+    stem_observe.emit(
+        ev.TaskFailed(task_id="t-2", task_name="x", headers={"traceparent": unsampled})
+    )
     (line,) = _exemplar_lines(installed.registry, "stem_tasks_failed_total")
     assert 'task_id="t-2"' in line
     assert "trace_id" not in line
@@ -176,7 +188,9 @@ def test_error_types_queues_and_workers_are_bounded_too() -> None:
 def test_celery_exporter_profile_uses_its_names_and_labels() -> None:
     registry = CollectorRegistry()
     sink = MetricsSink(Settings(metrics_profile="celery-exporter"), registry=registry)
-    task = {"task_id": "t", "task_name": "proj.add", "queue": "celery", "worker_id": "celery@h1"}
+    task: TaskFields = {
+        "task_id": "t", "task_name": "proj.add", "queue": "celery", "worker_id": "celery@h1"
+    }
     labels = {"name": "proj.add", "hostname": "celery@h1", "queue_name": "celery"}
     sink.on_received(ev.TaskReceived(**task), None)
     sink.on_prerun(ev.TaskPrerun(**task), None)

@@ -58,7 +58,8 @@ def test_traceparent_header_makes_the_span_a_child_of_that_trace(installed: Inst
     with stem_observe.track_task("a", headers={"traceparent": TRACEPARENT}):
         pass
     span = only_span(installed)
-    assert span.context is not None and span.parent is not None
+    assert span.context is not None
+    assert span.parent is not None
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert format(span.parent.span_id, "016x") == PARENT_SPAN_ID
     assert span.parent.is_remote
@@ -107,7 +108,8 @@ def test_revoked_and_postrun_without_outcome_end_the_span(installed: Installed) 
     stem_observe.emit(ev.TaskRevoked(task_id="r", task_name="a", reason="terminated"))
     stem_observe.emit(ev.TaskPrerun(task_id="p", task_name="a"))
     stem_observe.emit(ev.TaskPostrun(task_id="p", task_name="a", state="succeeded"))
-    spans = {dict(s.attributes or {})["stem.task.id"]: s for s in installed.spans.get_finished_spans()}
+    finished = installed.spans.get_finished_spans()
+    spans = {dict(s.attributes or {})["stem.task.id"]: s for s in finished}
     assert dict(spans["r"].attributes or {})["stem.revoke.reason"] == "terminated"
     assert dict(spans["p"].attributes or {})["stem.task.outcome"] == "succeeded"
     assert installed.bridge.tracing is not None
@@ -115,10 +117,14 @@ def test_revoked_and_postrun_without_outcome_end_the_span(installed: Installed) 
 
 
 def test_heartbeat_progress_and_dead_letter_are_span_events(installed: Installed) -> None:
-    with pytest.raises(RuntimeError), stem_observe.track_task("a") as run:
-        run.heartbeat(0.5, "half way")
-        run.dead_letter("max-retries-exhausted", "RuntimeError: no")
-        raise RuntimeError("no")
+    def task() -> None:
+        with stem_observe.track_task("a") as run:
+            run.heartbeat(0.5, "half way")
+            run.dead_letter("max-retries-exhausted", "RuntimeError: no")
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"):
+        task()
     names = [e.name for e in only_span(installed).events]
     assert names == ["progress", "dead-lettered", "exception"]
 

@@ -44,20 +44,24 @@ def test_success_sends_received_prerun_succeeded_postrun(collected: Collected) -
     succeeded = collected.events[2]
     assert isinstance(succeeded, ev.TaskSucceeded)
     assert (succeeded.task_id, succeeded.queue, succeeded.attempt) == ("t-1", "q", 1)
-    assert succeeded.in_process and succeeded.runtime_s is not None and succeeded.runtime_s >= 0
+    assert succeeded.in_process
+    assert succeeded.runtime_s is not None
+    assert succeeded.runtime_s >= 0
     postrun = collected.events[3]
-    assert isinstance(postrun, ev.TaskPostrun) and postrun.state == "succeeded"
+    assert isinstance(postrun, ev.TaskPostrun)
+    assert postrun.state == "succeeded"
 
 
 def test_exception_sends_failed_and_is_reraised_unchanged(collected: Collected) -> None:
     error = ValueError("bad input")
-    with pytest.raises(ValueError) as raised, stem_observe.track_task("a"):
+    with pytest.raises(ValueError, match="bad input") as raised, stem_observe.track_task("a"):
         raise error
     assert raised.value is error
     assert collected.names()[-2:] == ["task-failed", "task-postrun"]
     failed = collected.events[-2]
     assert isinstance(failed, ev.TaskFailed)
-    assert failed.error_type == "ValueError" and failed.error_message == "bad input"
+    assert failed.error_type == "ValueError"
+    assert failed.error_message == "bad input"
     assert failed.exception is error
 
 
@@ -71,7 +75,8 @@ def test_retry_replaces_the_outcome(collected: Collected) -> None:
     assert retry.retry_delay_s == pytest.approx(5, abs=0.1)
     assert retry.next_retry_at == pytest.approx(retry.occurred_at + 5)
     postrun = collected.events[-1]
-    assert isinstance(postrun, ev.TaskPostrun) and postrun.state == "retried"
+    assert isinstance(postrun, ev.TaskPostrun)
+    assert postrun.state == "retried"
 
 
 def test_decorator_tracks_each_call_with_a_new_task_id(collected: Collected) -> None:
@@ -100,7 +105,8 @@ def test_worker_session_sends_lifecycle_and_heartbeats(
     assert collected.names()[0] == "worker-ready"
     assert collected.names()[-2:] == ["worker-stopping", "worker-shutdown"]
     beats = [e for e in collected.events if isinstance(e, ev.WorkerHeartbeat)]
-    assert beats[-1].completed == 1 and beats[-1].inflight == 0
+    assert beats[-1].completed == 1
+    assert beats[-1].inflight == 0
     assert installed.value("stem_worker_up", worker="w-7") == 0
 
 
