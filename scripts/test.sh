@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, type check, tests (arguments go to pytest).
+source "$(dirname "$0")/env.sh"
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+ensure_venv test
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"
