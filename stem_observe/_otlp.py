@@ -15,6 +15,8 @@ __all__ = ["build_span_processor", "build_tracer_provider"]
 #: Large enough that a busy worker does not drop spans while the export thread waits
 #: for the GIL (2048, the SDK default, lost spans under load).
 MAX_QUEUE_SIZE = 32_768
+#: Bounds how long a flush or shutdown waits for an unreachable collector.
+EXPORT_TIMEOUT_S = 5
 
 
 def build_tracer_provider(settings: Settings) -> TracerProvider:
@@ -42,4 +44,5 @@ def build_span_processor(settings: Settings) -> BatchSpanProcessor:
         raise ConfigError("otlp_endpoint", f"expected an http(s) URL, got {endpoint!r}")
     if not endpoint.rstrip("/").endswith("/v1/traces"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"
-    return BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), max_queue_size=MAX_QUEUE_SIZE)
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
+    return BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE_SIZE)
