@@ -32,6 +32,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from stem_observe import events as ev
 from stem_observe.events import TaskState
+from stem_observe import signals as sig
 from stem_observe.signals import emit
 
 __all__ = [
@@ -107,19 +108,21 @@ class TaskRun:
 
     def __enter__(self) -> TaskRun:
         now = time.time()
-        if self.send_received:
+        # Build an event only when someone listens: nothing installed costs almost nothing.
+        if self.send_received and sig.task_received.receivers:
             emit(ev.TaskReceived(
                 occurred_at=now, task_id=self.task_id, task_name=self.task_name,
                 queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
                 worker_id=self.worker_id, headers=self.headers, in_process=True,
                 enqueued_at=self.enqueued_at, eta=self.eta,
             ), _SENDER)
-        emit(ev.TaskPrerun(
-            occurred_at=now, task_id=self.task_id, task_name=self.task_name,
-            queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
-            worker_id=self.worker_id, headers=self.headers, in_process=True,
-            enqueued_at=self.enqueued_at, eta=self.eta,
-        ), _SENDER)
+        if sig.task_prerun.receivers:
+            emit(ev.TaskPrerun(
+                occurred_at=now, task_id=self.task_id, task_name=self.task_name,
+                queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
+                worker_id=self.worker_id, headers=self.headers, in_process=True,
+                enqueued_at=self.enqueued_at, eta=self.eta,
+            ), _SENDER)
         self._token = _current.set(self)
         self._perf_start = time.perf_counter()
         return self
@@ -141,25 +144,29 @@ class TaskRun:
         if self._state is None:
             if exc is None:
                 self._state = "succeeded"
-                emit(ev.TaskSucceeded(
-                    occurred_at=now, task_id=self.task_id, task_name=self.task_name,
-                    queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
-                    worker_id=self.worker_id, headers=self.headers, in_process=True,
-                    runtime_s=runtime,
-                ), _SENDER)
+                if sig.task_succeeded.receivers:
+                    emit(ev.TaskSucceeded(
+                        occurred_at=now, task_id=self.task_id, task_name=self.task_name,
+                        queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
+                        worker_id=self.worker_id, headers=self.headers, in_process=True,
+                        runtime_s=runtime,
+                    ), _SENDER)
             else:
                 self._state = "failed"
                 self._emit_failed(exc, runtime, now)
-        emit(ev.TaskPostrun(
-            occurred_at=now, task_id=self.task_id, task_name=self.task_name,
-            queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
-            worker_id=self.worker_id, headers=self.headers, in_process=True,
-            state=self._state, runtime_s=runtime,
-        ), _SENDER)
+        if sig.task_postrun.receivers:
+            emit(ev.TaskPostrun(
+                occurred_at=now, task_id=self.task_id, task_name=self.task_name,
+                queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
+                worker_id=self.worker_id, headers=self.headers, in_process=True,
+                state=self._state, runtime_s=runtime,
+            ), _SENDER)
         if self._on_exit is not None:
             self._on_exit(self)
 
     def _emit_failed(self, exc: BaseException, runtime: float, now: float) -> None:
+        if not sig.task_failed.receivers:
+            return
         emit(ev.TaskFailed(
             occurred_at=now, task_id=self.task_id, task_name=self.task_name,
             queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
