@@ -1,31 +1,70 @@
-"""Reading a W3C ``traceparent`` header without building an OpenTelemetry context."""
+"""Reading W3C ``traceparent`` headers quickly: the sampled trace id, the remote parent."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
-__all__ = ["sampled_trace_id"]
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-_INVALID_TRACE_ID: Final = "0" * 32
+__all__ = ["remote_parent", "sampled_trace_id"]
+
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+# The propagator's own grammar (lower-case hex only; later versions may append fields).
+_TRACEPARENT: Final = re.compile(
+    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$"
+)
+
+
+def _parse(value: object) -> tuple[int, int, int] | None:
+    """``(trace_id, span_id, flags)`` of a valid W3C ``traceparent`` value, else ``None``."""
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags_hex, 16)
 
 
 def sampled_trace_id(headers: Any) -> str | None:
-    """The trace id of a valid, sampled W3C ``traceparent`` header, or ``None``."""
+    """The trace id (32 hex digits) of a valid, sampled ``traceparent`` header, or ``None``."""
+    parsed = _parse(headers.get("traceparent")) if headers else None
+    if parsed is None or not parsed[2] & 1:
+        return None
+    return f"{parsed[0]:032x}"
+
+
+def remote_parent(headers: Any) -> Context | None:
+    """A context whose current span is the remote parent named by ``traceparent``.
+
+    A faster equivalent of ``TraceContextTextMapPropagator().extract`` for the common case;
+    with a ``tracestate`` header present it defers to the propagator, which parses it.
+    Returns ``None`` when there is no valid ``traceparent``.
+    """
     if not headers:
         return None
-    value = headers.get("traceparent")
-    if not isinstance(value, str) or len(value) < 55:
+    if "tracestate" in headers:
+        context = _PROPAGATOR.extract(headers, context=Context())
+        span_context = get_current_span(context).get_span_context()
+        return context if span_context.is_valid else None
+    parsed = _parse(headers.get("traceparent"))
+    if parsed is None:
         return None
-    if value[2] != "-" or value[35] != "-" or value[52] != "-":
-        return None
-    if len(value) > 55 and value[55] != "-":
-        return None
-    try:
-        flags = int(value[53:55], 16)
-        int(value[3:35], 16)
-    except ValueError:
-        return None
-    trace_id = value[3:35].lower()
-    if not flags & 1 or trace_id == _INVALID_TRACE_ID:
-        return None
-    return trace_id
+    trace_id, span_id, flags = parsed
+    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
+    return set_span_in_context(NonRecordingSpan(parent), Context())

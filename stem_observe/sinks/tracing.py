@@ -22,17 +22,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
-from stem_observe.sinks._traceparent import sampled_trace_id
+from stem_observe.sinks._traceparent import remote_parent, sampled_trace_id
 
 __all__ = ["SPAN_NAME", "TracingSink"]
 
 SPAN_NAME: Final = "stem.consume"
 _SCOPE: Final = "stem_observe"
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 
 class _Open:
@@ -108,9 +106,9 @@ class TracingSink:
     # ----------------------------------------------------------------- span lifecycle
 
     def _start(self, event: ev.TaskEvent) -> _Open:
-        parent: Context | None
-        if event.headers and "traceparent" in event.headers:
-            parent = _PROPAGATOR.extract(event.headers, context=Context())
+        parent = remote_parent(event.headers)
+        if parent is not None:
+            pass
         elif event.in_process:
             parent = None  # nest under whatever the worker has current
         else:
@@ -151,8 +149,11 @@ class TracingSink:
     def _evict(self) -> None:
         with self._lock:
             while len(self._open) > self.settings.max_open_spans:
-                task_id = next(iter(self._open))
-                record = self._open.pop(task_id)
+                try:  # other threads add and end spans without the lock
+                    task_id = next(iter(self._open))
+                    record = self._open.pop(task_id)
+                except (RuntimeError, KeyError, StopIteration):
+                    continue
                 self.evicted += 1
                 record.span.set_attribute("stem.span.incomplete", True)
                 record.span.end()
@@ -161,7 +162,7 @@ class TracingSink:
         self, task_id: str, record: _Open, at: float, *, incomplete: bool = False
     ) -> None:
         if self._open.get(task_id) is record:
-            del self._open[task_id]
+            self._open.pop(task_id, None)
         if incomplete:
             record.span.set_attribute("stem.span.incomplete", True)
         record.span.end(end_time=_ns(at))

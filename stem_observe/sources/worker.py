@@ -31,8 +31,8 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from stem_observe import events as ev
-from stem_observe.events import TaskState
 from stem_observe import signals as sig
+from stem_observe.events import TaskState
 from stem_observe.signals import emit
 
 __all__ = [

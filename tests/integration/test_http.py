@@ -35,6 +35,7 @@ def get(server: HttpServer, path: str, **headers: str) -> tuple[int, dict[str, s
 
 def test_metrics_default_to_prometheus_text_without_exemplars(server: HttpServer) -> None:
     stem_observe.emit(ev.TaskSucceeded(task_id="t-http", task_name="a", runtime_s=0.1))
+    stem_observe.emit(ev.TaskFailed(task_id="t-http", task_name="a", runtime_s=0.1))
     status, headers, body = get(server, "/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -44,7 +45,7 @@ def test_metrics_default_to_prometheus_text_without_exemplars(server: HttpServer
 
 
 def test_metrics_in_openmetrics_carry_exemplars(server: HttpServer) -> None:
-    stem_observe.emit(ev.TaskSucceeded(task_id="t-http", task_name="a", runtime_s=0.1))
+    stem_observe.emit(ev.TaskFailed(task_id="t-http", task_name="a", runtime_s=0.1))
     status, headers, body = get(server, "/metrics", Accept=OPENMETRICS)
     assert status == 200
     assert headers["content-type"].startswith("application/openmetrics-text")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, cast
 
 import pytest
 
@@ -54,3 +55,22 @@ def test_a_signal_is_found_for_event_subclasses() -> None:
     assert signals.signal_for(CustomRetry) is signals.task_retry
     with pytest.raises(TypeError, match="no signal"):
         signals.signal_for(ev.Event)
+
+
+def test_events_construct_as_dataclasses_define() -> None:
+    first = ev.TaskRetry(task_id="t", task_name="a")
+    second = ev.TaskRetry(task_id="t", task_name="a")
+    assert first.queue == "default"
+    assert first.headers is None
+    assert first.occurred_at <= second.occurred_at  # the factory runs per instance
+    assert ev.TaskRetry(task_id="t", task_name="a", occurred_at=5.0) == ev.TaskRetry(
+        task_id="t", task_name="a", occurred_at=5.0)
+    with pytest.raises(TypeError):
+        ev.TaskRetry(task_name="a")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        cast(Any, ev.TaskRetry)("t", "a")
+    with pytest.raises(TypeError):
+        ev.TaskRetry(task_id="t", task_name="a", bogus=1)  # type: ignore[call-arg]
+    beat = ev.WorkerHeartbeat(worker_id="w")
+    assert beat.queue_loads == ()
+    assert beat.timestamp > 0

@@ -111,7 +111,11 @@ def test_exemplars_carry_task_id_and_trace_id_in_openmetrics(installed: Installe
         task_id="task-abc", task_name="emails.send", queue="emails",
         headers={"traceparent": TRACEPARENT}, runtime_s=0.05,
     ))
-    for metric in ("stem_tasks_succeeded_total", "stem_task_duration_seconds_bucket"):
+    stem_observe.emit(ev.TaskFailed(
+        task_id="task-abc", task_name="emails.send", queue="emails",
+        headers={"traceparent": TRACEPARENT},
+    ))
+    for metric in ("stem_tasks_failed_total", "stem_task_duration_seconds_bucket"):
         lines = _exemplar_lines(installed.registry, metric)
         assert lines, f"no exemplar on {metric}"
         assert 'task_id="task-abc"' in lines[0]
@@ -128,7 +132,7 @@ def test_exemplar_trace_id_is_the_task_span_trace(installed: Installed) -> None:
     (span,) = installed.spans.get_finished_spans()
     assert span.context is not None
     trace_id = format(span.context.trace_id, "032x")
-    (line,) = _exemplar_lines(installed.registry, "stem_tasks_succeeded_total")
+    (line,) = _exemplar_lines(installed.registry, "stem_task_duration_seconds_bucket")
     assert f'trace_id="{trace_id}"' in line
     assert 'task_id="t-77"' in line
 
@@ -146,8 +150,8 @@ def test_unsampled_trace_has_no_trace_id_exemplar(installed: Installed) -> None:
 def test_long_task_ids_are_truncated_to_fit_an_exemplar() -> None:
     registry = CollectorRegistry()
     sink = MetricsSink(registry=registry)
-    sink.on_succeeded(ev.TaskSucceeded(task_id="x" * 300, task_name="a"), "f" * 32)
-    (line,) = _exemplar_lines(registry, "stem_tasks_succeeded_total")
+    sink.on_retry(ev.TaskRetry(task_id="x" * 300, task_name="a"), "f" * 32)
+    (line,) = _exemplar_lines(registry, "stem_tasks_retried_total")
     assert 'task_id="' + "x" * 80 + '"' in line
 
 
