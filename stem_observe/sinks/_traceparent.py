@@ -18,6 +18,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = ["remote_parent", "sampled_trace_id"]
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
 
 # The propagator's own grammar (lower-case hex only; later versions may append fields).
 _TRACEPARENT: Final = re.compile(
@@ -43,10 +45,18 @@ def _parse(value: object) -> tuple[int, int, int] | None:
 
 def sampled_trace_id(headers: Any) -> str | None:
     """The trace id (32 hex digits) of a valid, sampled ``traceparent`` header, or ``None``."""
-    parsed = _parse(headers.get("traceparent")) if headers else None
-    if parsed is None or not parsed[2] & 1:
+    value = headers.get("traceparent") if headers else None
+    if not isinstance(value, str):
         return None
-    return f"{parsed[0]:032x}"
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or not int(flags_hex, 16) & 1:
+        return None
+    if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
+        return None
+    return trace_hex
 
 
 def remote_parent(headers: Any) -> Context | None:
