@@ -1,10 +1,10 @@
 """Per-task cost of one task lifecycle (received, prerun, succeeded, postrun).
 
-Three variants, interleaved per repeat (the order rotates each repeat to spread drift):
+Four variants, interleaved per repeat (the order rotates each repeat to spread drift):
 
 ``none``
     ``stem_observe.track_task(...)`` around a no-op body with nothing installed: the cost
-    of the signal bus (events built, ``emit`` finds no receivers) when nobody listens.
+    of the worker API and the signal bus when nobody listens (no event is even built).
 ``floor``
     The raw prometheus-client and opentelemetry-sdk calls the sinks make per task, written
     by hand with cached label children: three counters, the duration histogram with an
@@ -13,6 +13,8 @@ Three variants, interleaved per repeat (the order rotates each repeat to spread 
 ``bridge``
     ``stem_observe.install(registry=..., tracer_provider=..., logs=True)`` then the same
     loop as ``none``.
+``unsampled``
+    ``bridge`` with an ``ALWAYS_OFF`` sampler: the cost when head sampling drops the trace.
 
 Spans go to an SDK ``TracerProvider`` with a ``BatchSpanProcessor`` (queue sized so nothing
 is dropped) and an exporter that discards them. Run::
