@@ -6,7 +6,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 apt_install() {
     # apt_install PACKAGE... : install Debian packages (as root, or through sudo).
     local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            echo "need root (or sudo) to install the Debian packages: $*" >&2
+            exit 1
+        fi
+        sudo="sudo"
+    fi
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "$@" </dev/null
@@ -15,6 +21,9 @@ apt_install() {
 ensure_venv() {
     # ensure_venv EXTRAS : a .venv with the project installed (editable) with EXTRAS.
     local python="${PYTHON:-python3}"
+    if [ -d .venv ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+        rm -rf .venv  # left half-made by an interrupted run
+    fi
     if [ ! -x .venv/bin/python ]; then
         if ! "$python" -m venv .venv; then
             rm -rf .venv

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from stem_observe.config import Settings
 from stem_observe.errors import ConfigError
 
-__all__ = ["build_span_processor", "build_tracer_provider"]
+__all__ = ["CountingExporter", "build_span_processor", "build_tracer_provider"]
 
 #: Large enough that a busy worker does not drop spans while the export thread waits
 #: for the GIL (2048, the SDK default, lost spans under load).
@@ -44,5 +46,33 @@ def build_span_processor(settings: Settings) -> BatchSpanProcessor:
         raise ConfigError("otlp_endpoint", f"expected an http(s) URL, got {endpoint!r}")
     if not endpoint.rstrip("/").endswith("/v1/traces"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"
-    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
+    exporter = CountingExporter(OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S))
     return BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE_SIZE)
+
+
+class CountingExporter(SpanExporter):
+    """Delegates to ``exporter`` and counts the spans it failed to export.
+
+    ``failed`` is read by the bridge's ``stem_observe_spans_dropped_total{reason="export_failed"}``.
+    Called from the batch processor's thread only.
+    """
+
+    failed_total = 0  # across instances: one process usually has one
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            CountingExporter.failed_total += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)

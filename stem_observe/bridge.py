@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from stem_observe import signals
 from stem_observe.config import Settings
-from stem_observe.errors import StemObserveError
+from stem_observe.errors import ConfigError, StemObserveError
 from stem_observe.sinks.logs import LogsSink
 from stem_observe.sinks.metrics import MetricsSink
 from stem_observe.sinks.tracing import TracingSink
@@ -65,6 +65,14 @@ def _fanout(
     return receive
 
 
+def _export_failures() -> int:
+    """Spans the OTLP exporter of a bridge-built tracer provider failed to deliver."""
+    import sys
+
+    otlp = sys.modules.get("stem_observe._otlp")
+    return int(otlp.CountingExporter.failed_total) if otlp else 0
+
+
 class _SelfCollector(Collector):
     """The bridge's own health: receiver errors and spans ended early."""
 
@@ -88,6 +96,8 @@ class _SelfCollector(Collector):
                 labels=["reason"],
             )
             evicted.add_metric(["open_span_limit"], tracing.evicted)
+            evicted.add_metric(["late_outcome"], tracing.late_outcomes)
+            evicted.add_metric(["export_failed"], _export_failures())
             yield evicted
             open_spans = GaugeMetricFamily(
                 "stem_observe_open_spans", "Task spans started and not yet ended."
@@ -107,12 +117,14 @@ class Bridge:
         tracing: TracingSink | None,
         logs: LogsSink | None,
         owned_provider: Any = None,
+        log_record_factory: bool = True,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.tracing = tracing
         self.logs = logs
         self._owned_provider = owned_provider
+        self._log_record_factory = log_record_factory
         self._receivers: list[tuple[Any, Callable[..., None]]] = []
         self._collector: _SelfCollector | None = None
 
@@ -130,7 +142,7 @@ class Bridge:
         if self.metrics is not None:
             self._collector = _SelfCollector(self)
             self.metrics.registry.register(self._collector)
-        if self.logs is not None:
+        if self.logs is not None and self._log_record_factory:
             self.logs.install_record_factory()
 
     def disconnect(self) -> None:
@@ -139,6 +151,7 @@ class Bridge:
         self._receivers.clear()
         if self.logs is not None:
             self.logs.uninstall_record_factory()
+            self.logs.close()
         if self.tracing is not None:
             self.tracing.close()
         if self.metrics is not None:
@@ -150,6 +163,8 @@ class Bridge:
             self._owned_provider.shutdown()
 
     def after_fork(self) -> None:
+        if self.metrics is not None:
+            self.metrics.after_fork()
         if self.tracing is not None:
             self.tracing.after_fork()
         if self.logs is not None:
@@ -175,6 +190,7 @@ def install(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     settings: Settings | None = None,
+    log_record_factory: bool = True,
     **overrides: Any,
 ) -> Bridge:
     """Connect the chosen sinks to the signals and return the bridge.
@@ -185,10 +201,16 @@ def install(
     applied over ``STEM_OBSERVE_*`` environment variables. Without ``tracer_provider`` the
     global provider is used, unless ``otlp_endpoint`` is set: then the bridge builds a
     provider that exports there (the ``otlp`` extra) and shuts it down at uninstall.
+    ``log_record_factory=False`` leaves the logging record factory alone: add
+    :class:`~stem_observe.TaskContextFilter` to your handlers instead.
     """
     global _installed, _installed_args
-    args = (metrics, tracing, logs, id(registry), id(tracer_provider), settings,
-            tuple(sorted(overrides.items())))
+    if settings is not None and overrides:
+        raise ConfigError(
+            next(iter(overrides)), "pass settings either as Settings or as keywords, not both"
+        )
+    args = (metrics, tracing, logs, id(registry or REGISTRY), id(tracer_provider), settings,
+            log_record_factory, tuple(sorted(overrides.items())))
     with _install_lock:
         if _installed is not None:
             if args == _installed_args:
@@ -208,6 +230,7 @@ def install(
             tracing=TracingSink(resolved, tracer_provider=tracer_provider) if tracing else None,
             logs=LogsSink() if logs else None,
             owned_provider=owned,
+            log_record_factory=log_record_factory,
         )
         bridge.connect()
         _installed, _installed_args = bridge, args

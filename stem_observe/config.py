@@ -86,6 +86,12 @@ class Settings:
     """Head sampling for a tracer provider the bridge builds itself (root spans only)."""
     otlp_endpoint: str | None = None
     """OTLP/HTTP traces endpoint for a tracer provider the bridge builds (``otlp`` extra)."""
+    worker_heartbeat_interval_s: float = 10.0
+    """A worker's heartbeat interval when its heartbeats do not say (Stem's default)."""
+    worker_stale_factor: float = 3.0
+    """A worker is down once its last heartbeat is older than this many intervals."""
+    worker_forget_after_s: float = 600.0
+    """A worker unseen for this long loses its series and its label slot."""
     http_host: str = "127.0.0.1"
     http_port: int = 9464
 
@@ -101,16 +107,18 @@ class Settings:
                 raise ConfigError(key, "unknown setting")
         values: dict[str, Any] = {}
         for name, f in known.items():
+            seconds = name.endswith("_s")
             if name in overrides and overrides[name] is not None:
-                values[name] = _coerce(name, overrides[name], f.default)
+                values[name] = _coerce(name, overrides[name], f.default, seconds)
                 continue
             var = f"STEM_OBSERVE_{name.upper()}"
             raw = environ.get(var)
             if raw is not None:
-                values[name] = _coerce(var, raw, f.default)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+                values[name] = _coerce(var, raw, f.default, seconds)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""
@@ -127,13 +135,19 @@ class Settings:
             buckets = getattr(self, name)
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
                 raise ConfigError(name, "must be positive, strictly increasing numbers")
+        for name in ("worker_heartbeat_interval_s", "worker_stale_factor",
+                     "worker_forget_after_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, "must be positive")
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise ConfigError("trace_sample_ratio", "must be between 0 and 1")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError("http_port", "must be between 0 and 65535")
 
 
-def _coerce(key: str, value: object, default: object) -> object:
+def _coerce(key: str, value: object, default: object, seconds: bool = False) -> object:
+    if seconds:
+        return to_seconds(cast(Any, value), key=key)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

@@ -172,7 +172,7 @@ class Demo:
         self.registry = registry
         self.task_types = tuple(task_types)
         self.out = out
-        self.random = random.Random(seed)
+        self.seed = seed
         self.report_every_s = report_every_s
         self.stop = threading.Event()
         self.broker = _Broker()
@@ -217,9 +217,9 @@ class Demo:
                              daemon=True),
             threading.Thread(target=self._snapshots, name="demo-queues", daemon=True),
         ] + [
-            threading.Thread(target=self._work, args=(s,), name=f"demo-{s.worker_id}",
+            threading.Thread(target=self._work, args=(s, i), name=f"demo-{s.worker_id}",
                              daemon=True)
-            for s in sessions
+            for i, s in enumerate(sessions)
         ]
         for thread in threads:
             thread.start()
@@ -286,9 +286,10 @@ class Demo:
         propagator = TraceContextTextMapPropagator()
         weights = [t.weight for t in self.task_types]
         interval = 1.0 / self.rate if self.rate > 0 else 1.0
-        while not self.stop.wait(self.random.expovariate(1.0 / interval)):
-            kind = self.random.choices(self.task_types, weights)[0]
-            task_id = str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+        rng = self._rng(0)
+        while not self.stop.wait(rng.expovariate(1.0 / interval)):
+            kind = rng.choices(self.task_types, weights)[0]
+            task_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             headers: dict[str, str] = {}
             with tracer.start_as_current_span(
                 "stem.enqueue", kind=SpanKind.PRODUCER,
@@ -301,15 +302,20 @@ class Demo:
             emit(ev.TaskPublished(task_id=task_id, task_name=kind.name, queue=kind.queue,
                                   max_retries=kind.max_retries, headers=headers), "demo")
 
-    def _work(self, session: WorkerSession) -> None:
+    def _rng(self, stream: int) -> random.Random:
+        """One generator per thread, so ``--seed`` fixes each thread's choices."""
+        return random.Random(None if self.seed is None else self.seed * 1000 + stream)
+
+    def _work(self, session: WorkerSession, index: int) -> None:
+        rng = self._rng(index + 1)
         while True:
             message = self.broker.get(session.queues, self.stop)
             if message is None:
                 return
-            self._execute(session, message)
+            self._execute(session, message, rng)
 
-    def _execute(self, session: WorkerSession, message: _Message) -> None:
-        kind, rnd = message.kind, self.random
+    def _execute(self, session: WorkerSession, message: _Message, rnd: random.Random) -> None:
+        kind = message.kind
         run = session.track(
             kind.name, task_id=message.task_id, queue=kind.queue, attempt=message.attempt,
             max_retries=kind.max_retries, headers=message.headers,

@@ -292,6 +292,7 @@ class WorkerHeartbeat(WorkerEvent):
     pid: int | None = None
     started_at: float | None = None
     memory_bytes: int | None = None
+    memory_max_bytes: int | None = None
     memory_percent: float | None = None
     load_avg: tuple[float, ...] = ()
     cpu_count: int | None = None
@@ -299,6 +300,11 @@ class WorkerHeartbeat(WorkerEvent):
     completed: int | None = None
     failed: int | None = None
     queue_depth: int | None = None
+    autoscale: bool | None = None
+    uptime_s: float | None = None
+    broadcasts: tuple[str, ...] = ()
+    extras: Mapping[str, object] | None = None
+    """Anything else the worker reported (Stem's ``extras``), for receivers that want it."""
     interval_s: float | None = None
     version: str = "1"
 

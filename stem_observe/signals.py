@@ -141,6 +141,7 @@ def emit(event: ev.Event, sender: Any = "python") -> None:
 # whenever any receiver connects or disconnects. Receivers are held by weak reference, as
 # blinker holds them (a strongly connected receiver stays alive through blinker itself).
 _Ref = Callable[[], Callable[..., Any] | None]
+_MAX_CACHED_SENDERS: Final = 32
 _routes: dict[NamedSignal, dict[Any, tuple[_Ref, ...]]] = {}
 
 
@@ -148,14 +149,15 @@ def _route(sig: NamedSignal, sender: Any) -> tuple[_Ref, ...]:
     by_sender = _routes.get(sig)
     if by_sender is None:
         by_sender = _routes[sig] = {}
-    try:
-        route = by_sender.get(sender)
-    except TypeError:  # an unhashable sender: no caching
-        return tuple(_weak(r) for r in sig.receivers_for(sender))
+    route = by_sender.get(sender) if isinstance(sender, str) else None
     if route is None:
-        route = by_sender[sender] = tuple(
+        route = tuple(
             _weak(r) for r in sig.receivers_for(sender if sender is not None else ANY)
         )
+        # Sources name themselves with a few strings; other senders are not cached, so the
+        # cache stays small and never keeps a sender alive.
+        if isinstance(sender, str) and len(by_sender) < _MAX_CACHED_SENDERS:
+            by_sender[sender] = route
     return route
 
 

@@ -2,7 +2,7 @@
 
 A profile maps each *role* (what is measured) to a metric name, help text and label names.
 Label names map to logical keys the sink knows how to fill: ``task``, ``queue``, ``worker``,
-``error_type``, ``reason``, ``schedule``, ``label``.
+``error_type``, ``reason``, ``schedule``, ``namespace``, ``label``.
 
 ``stem`` uses the names Stem's OTLP metrics get in Prometheus (``stem_tasks_started_total``
 …) plus what Stem does not ship. ``celery-exporter`` renames the metrics celery-exporter has
@@ -55,8 +55,9 @@ def _g(name: str, doc: str, labels: tuple[tuple[str, str], ...]) -> Spec:
     return Spec("gauge", name, doc, labels)
 
 
-_Q = (("queue", "queue"),)
-_W = (("worker", "worker"),)
+# As Stem labels them: stem.worker.* by {worker, namespace}, queue gauges by namespace too.
+_Q = (("queue", "queue"), ("namespace", "namespace"))
+_W = (("worker", "worker"), ("namespace", "namespace"))
 
 STEM_PROFILE: Final[Mapping[str, Spec]] = {
     "published": _c("stem_tasks_published", "Tasks published by producers."),

@@ -5,12 +5,21 @@ from __future__ import annotations
 import threading
 from typing import Final
 
-__all__ = ["OVERFLOW", "UNKNOWN", "LabelLimiter"]
+__all__ = ["OVERFLOW", "UNKNOWN", "LabelLimiter", "clean_label_value"]
 
 #: The value every label past its limit takes.
 OVERFLOW: Final = "__overflow__"
 #: The value of a label whose source did not know it (a task with no worker).
 UNKNOWN: Final = "unknown"
+
+
+def clean_label_value(value: str) -> str:
+    """``value`` as valid UTF-8: lone surrogates (from undecodable bytes) become ``?``.
+
+    prometheus-client encodes the exposition as UTF-8 and fails on the whole scrape if any
+    label value or exemplar cannot be encoded.
+    """
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 class LabelLimiter:
@@ -36,6 +45,10 @@ class LabelLimiter:
             return UNKNOWN
         if value in self._seen:
             return value
+        if not isinstance(value, str) or not value.isascii():
+            value = clean_label_value(str(value))
+            if value in self._seen:
+                return value
         with self._lock:
             if value in self._seen:
                 return value
@@ -44,6 +57,9 @@ class LabelLimiter:
                 return value
             self.folded += 1
             return OVERFLOW
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def forget(self, value: str) -> None:
         """Free the slot of a value whose series were removed."""

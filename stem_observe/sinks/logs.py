@@ -7,12 +7,11 @@ IDs. Outside a task the attributes are empty strings, so a format such as
 
 Two ways to get them: :meth:`LogsSink.install_record_factory` (done by ``install()``) wraps
 the logging record factory so every record has them; or add :class:`TaskContextFilter` to
-your handlers.
+your handlers. Either way a value passed with ``extra=`` wins over the bridge's.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -20,6 +19,7 @@ from typing import Any, Final
 from opentelemetry import trace
 
 from stem_observe import events as ev
+from stem_observe.sinks._scopes import Scope, ScopeStack
 
 __all__ = ["LOG_FIELDS", "LogsSink", "TaskContextFilter", "TaskLogContext", "current_log_context"]
 
@@ -38,37 +38,59 @@ class TaskLogContext:
         self.queue = queue
 
 
-_current: Final[contextvars.ContextVar[TaskLogContext | None]] = contextvars.ContextVar(
-    "stem_observe_task", default=None
-)
+_scopes: Final = ScopeStack("stem_observe_log_scopes")
 
 
 def current_log_context() -> TaskLogContext | None:
     """The task running in this context, if any."""
-    return _current.get()
+    scope = _scopes.current()
+    return None if scope is None else scope.value
 
 
-def _annotate(record: logging.LogRecord) -> None:
-    task = _current.get()
-    if task is None:
-        record.task_id = record.task_name = record.trace_id = record.span_id = ""
-        return
-    record.task_id = task.task_id
-    record.task_name = task.task_name
+class _RecordDict(dict[str, Any]):
+    """A log record's ``__dict__`` whose task fields give way to ``extra=``.
+
+    ``Logger.makeRecord`` refuses an ``extra`` key already present on the record, so with
+    the fields always there, ``log.info("...", extra={"task_id": ...})`` would raise. These
+    fields report themselves absent to that check, and the caller's value replaces ours.
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, key: object) -> bool:
+        return key not in _FIELD_SET and dict.__contains__(self, key)
+
+
+_FIELD_SET: Final = frozenset(LOG_FIELDS)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, str]:
+    scope = _scopes.current()
+    if scope is None:
+        return dict.fromkeys(LOG_FIELDS, "")
+    task: TaskLogContext = scope.value
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
-        record.trace_id = format(span_context.trace_id, "032x")
-        record.span_id = format(span_context.span_id, "016x")
+        trace_id = format(span_context.trace_id, "032x")
+        span_id = format(span_context.span_id, "016x")
     else:
-        record.trace_id = record.span_id = ""
+        trace_id = span_id = ""
+    return {"task_id": task.task_id, "task_name": task.task_name,
+            "trace_id": trace_id, "span_id": span_id}
 
 
 class TaskContextFilter(logging.Filter):
-    """A filter that adds the task and trace IDs to each record; it never drops a record."""
+    """A handler filter that adds the task and trace IDs to each record; it drops nothing.
+
+    It reads what the logs sink tracks, so the bridge must be installed with ``logs=True``
+    (use ``log_record_factory=False`` to rely on this filter alone). Values already on the
+    record (from ``extra=``) are kept.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "task_id") or not record.task_id:
-            _annotate(record)
+        for key, value in _fields(record).items():
+            if not getattr(record, key, ""):
+                record.__dict__[key] = value
         return True
 
 
@@ -76,29 +98,37 @@ class LogsSink:
     """Tracks the in-process task per context and annotates log records with it."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, contextvars.Token[TaskLogContext | None]] = {}
         self._previous_factory: Callable[..., logging.LogRecord] | None = None
         self._factory: Callable[..., logging.LogRecord] | None = None
 
     def handlers(self) -> dict[type[ev.Event], Callable[[Any], None]]:
-        return {ev.TaskPrerun: self.on_prerun, ev.TaskPostrun: self.on_postrun}
+        return {
+            ev.TaskPrerun: self.on_prerun,
+            ev.TaskSucceeded: self.on_outcome,
+            ev.TaskFailed: self.on_outcome,
+            ev.TaskRetry: self.on_outcome,
+            ev.TaskRevoked: self.on_outcome,
+            ev.TaskPostrun: self.on_postrun,
+        }
 
     def on_prerun(self, event: ev.TaskPrerun) -> None:
         if event.in_process:
             context = TaskLogContext(event.task_id, event.task_name, event.queue)
-            self._tokens[event.task_id] = _current.set(context)
+            _scopes.push(Scope(event.task_id, context))
+
+    def on_outcome(self, event: ev.TaskEvent) -> None:
+        if event.in_process:
+            _scopes.end(event.task_id)
 
     def on_postrun(self, event: ev.TaskPostrun) -> None:
-        token = self._tokens.pop(event.task_id, None)
-        if token is None:
-            return
-        try:
-            _current.reset(token)
-        except ValueError:  # postrun ran in another context than prerun
-            _current.set(None)
+        if event.in_process:
+            _scopes.pop(event.task_id)
 
     def after_fork(self) -> None:
-        self._tokens = {}
+        _scopes.reset_after_fork()
+
+    def close(self) -> None:
+        _scopes.clear()
 
     def install_record_factory(self) -> None:
         """Wrap the logging record factory so every record carries the task fields."""
@@ -108,7 +138,9 @@ class LogsSink:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            _annotate(record)
+            fields = _RecordDict(record.__dict__)
+            fields.update(_fields(record))
+            record.__dict__ = fields
             return record
 
         self._previous_factory = previous

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
 from stem_observe.sinks._instruments import BASE_KEYS, build_instruments
-from stem_observe.sinks._labels import OVERFLOW, LabelLimiter
+from stem_observe.sinks._labels import OVERFLOW, LabelLimiter, clean_label_value
 from stem_observe.sinks._traceparent import sampled_trace_id
+from stem_observe.sinks._workers import WorkerGauges
 
 __all__ = ["MetricsSink"]
 
@@ -74,7 +77,14 @@ class MetricsSink:
     ) -> None:
         self.settings = settings or Settings()
         self.registry = registry
-        self._metrics, self._specs = build_instruments(self.settings, registry)
+        # Registered first, so staleness is judged before the worker gauges are collected.
+        self._sweeper = _Sweeper(self)
+        registry.register(self._sweeper)
+        try:
+            self._metrics, self._specs = build_instruments(self.settings, registry)
+        except Exception:
+            registry.unregister(self._sweeper)
+            raise
         self._uses_worker = any(
             "worker" in self._specs[role].keys for role in _TASK_ROLES if role in self._specs
         )
@@ -86,6 +96,7 @@ class MetricsSink:
             "error_type": LabelLimiter("error_type", s.max_label_values),
             "reason": LabelLimiter("reason", s.max_label_values),
             "schedule": LabelLimiter("schedule", s.max_label_values),
+            "namespace": LabelLimiter("namespace", s.max_label_values),
         }
         self._overflow: dict[str, Any] = {
             label: self._metrics["label_overflow"].labels(label) for label in self._limits
@@ -93,6 +104,17 @@ class MetricsSink:
         self._series: dict[tuple[str, ...], _TaskSeries] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+        self.workers = WorkerGauges(
+            self.settings, self._metrics, self._specs, self._admit,
+            lambda key, value: self._limits[key].forget(value),
+        )
+
+    def after_fork(self) -> None:
+        """Replace locks a parent thread may have held at fork time."""
+        self._lock = threading.Lock()
+        for limiter in self._limits.values():
+            limiter.after_fork()
+        self.workers.after_fork()
 
     # ----------------------------------------------------------------- plumbing
 
@@ -119,7 +141,7 @@ class MetricsSink:
 
     def close(self) -> None:
         """Unregister every instrument from the registry."""
-        for metric in self._metrics.values():
+        for metric in (self._sweeper, *self._metrics.values()):
             with contextlib.suppress(KeyError):
                 self.registry.unregister(metric)
 
@@ -184,7 +206,10 @@ class MetricsSink:
     def _exemplar(self, event: ev.TaskEvent, trace_id: str | None) -> Exemplar:
         if not self.settings.exemplars:
             return None
-        task_id = event.task_id[:_MAX_EXEMPLAR_TASK_ID]
+        task_id = event.task_id
+        if not isinstance(task_id, str) or not task_id.isascii():
+            task_id = clean_label_value(str(task_id))
+        task_id = task_id[:_MAX_EXEMPLAR_TASK_ID]
         if trace_id is None:
             trace_id = sampled_trace_id(event.headers)
         if trace_id is None:
@@ -208,7 +233,7 @@ class MetricsSink:
             if wait >= 0:
                 series.queue_wait.observe(wait)
         if event.in_process and event.worker_id:
-            self._child("worker_inflight", self._admit("worker", event.worker_id)).inc()
+            self.workers.task_started(event.worker_id)
 
     def on_succeeded(self, event: ev.TaskSucceeded, trace_id: str | None) -> None:
         series = self._task(event)
@@ -247,31 +272,28 @@ class MetricsSink:
 
     def on_postrun(self, event: ev.TaskPostrun, trace_id: str | None) -> None:
         if event.in_process and event.worker_id:
-            self._child("worker_inflight", self._admit("worker", event.worker_id)).dec()
+            self.workers.task_finished(event.worker_id)
 
     # ----------------------------------------------------------------- workers, queues
 
     def on_worker_ready(self, event: ev.WorkerReady, trace_id: str | None) -> None:
-        worker = self._admit("worker", event.worker_id)
-        self._child("worker_up", worker).set(1)
-        if event.concurrency is not None:
-            self._child("worker_concurrency", worker).set(event.concurrency)
+        self.workers.ready(event.worker_id, event.namespace, event.concurrency)
 
     def on_worker_shutdown(self, event: ev.WorkerShutdown, trace_id: str | None) -> None:
-        worker = self._admit("worker", event.worker_id)
-        self._child("worker_up", worker).set(0)
-        self._child("worker_inflight", worker).set(0)
+        self.workers.shutdown(event.worker_id, event.namespace)
 
     def on_worker_heartbeat(self, event: ev.WorkerHeartbeat, trace_id: str | None) -> None:
-        worker = self._admit("worker", event.worker_id)
-        self._child("worker_up", worker).set(1)
-        self._child("worker_last_heartbeat", worker).set(event.timestamp)
-        self._child("worker_inflight", worker).set(event.inflight)
-        if event.concurrency is not None:
-            self._child("worker_concurrency", worker).set(event.concurrency)
+        self.workers.heartbeat(
+            event.worker_id, event.namespace, timestamp=event.timestamp,
+            inflight=event.inflight, concurrency=event.concurrency,
+            interval_s=event.interval_s,
+        )
 
     def on_queue_snapshot(self, event: ev.QueueSnapshot, trace_id: str | None) -> None:
-        queue = self._admit("queue", event.queue)
+        labels = {
+            "queue": self._admit("queue", event.queue),
+            "namespace": self._admit("namespace", event.namespace),
+        }
         for role, value in (
             ("queue_pending", event.pending),
             ("queue_inflight", event.inflight),
@@ -281,8 +303,8 @@ class MetricsSink:
             ("dlq_depth", event.dead_letters),
             ("dlq_oldest_age", event.oldest_dead_letter_age_s),
         ):
-            if value is not None:
-                self._child(role, queue).set(value)
+            if value is not None and role in self._specs:
+                self._child(role, *(labels[k] for k in self._specs[role].keys)).set(value)
 
     def on_schedule_due(self, event: ev.ScheduleEntryDue, trace_id: str | None) -> None:
         self._child("schedule_due", self._admit("schedule", event.entry_id)).inc()
@@ -307,3 +329,16 @@ class MetricsSink:
     def folded(self) -> dict[str, int]:
         """Values folded into ``__overflow__`` so far, by label."""
         return {label: limiter.folded for label, limiter in self._limits.items()}
+
+
+class _Sweeper(Collector):
+    """Yields nothing; judges worker staleness when the registry is collected."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self._sink = sink
+
+    def collect(self) -> Iterable[Metric]:
+        workers = getattr(self._sink, "workers", None)
+        if workers is not None:
+            workers.sweep()
+        return ()

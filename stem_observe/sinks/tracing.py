@@ -25,6 +25,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
+from stem_observe.sinks._scopes import Scope, ScopeStack
 from stem_observe.sinks._traceparent import remote_parent, sampled_trace_id
 
 __all__ = ["SPAN_NAME", "TracingSink"]
@@ -68,9 +69,16 @@ class TracingSink:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_SCOPE)
         self._open: dict[str, _Open] = {}
-        self._tokens: dict[str, object] = {}  # task id -> context token, prerun..postrun
+        # In-process tasks: the span is made current from prerun to postrun.
+        self._scopes = ScopeStack(
+            "stem_observe_span_scopes", on_unwind=_detach,
+            max_open=self.settings.max_open_spans,
+        )
+        # Tasks whose span was ended early: their late outcome must not start a new span.
+        self._evicted_ids: dict[str, None] = {}
         self._lock = threading.Lock()
         self.evicted = 0
+        self.late_outcomes = 0
 
     def handlers(self) -> dict[type[ev.Event], Callable[[Any], str | None]]:
         """Event type → handler; each returns the trace id of the task's sampled span."""
@@ -89,7 +97,8 @@ class TracingSink:
     def after_fork(self) -> None:
         """Forget spans inherited from the parent process (called in a forked child)."""
         self._open = {}
-        self._tokens = {}
+        self._evicted_ids = {}
+        self._scopes.reset_after_fork()
         self._lock = threading.Lock()
 
     def open_spans(self) -> int:
@@ -97,6 +106,7 @@ class TracingSink:
 
     def close(self) -> None:
         """End every span still open (at shutdown), marked incomplete."""
+        self._scopes.clear()
         with self._lock:
             pending, self._open = self._open, {}
         for record in pending.values():
@@ -106,6 +116,8 @@ class TracingSink:
     # ----------------------------------------------------------------- span lifecycle
 
     def _start(self, event: ev.TaskEvent) -> _Open:
+        if event.in_process:
+            self._scopes.prune()  # before the ambient context can become the parent
         parent = remote_parent(event.headers)
         if parent is not None:
             pass
@@ -155,6 +167,9 @@ class TracingSink:
                 except (RuntimeError, KeyError, StopIteration):
                     continue
                 self.evicted += 1
+                self._evicted_ids[task_id] = None
+                if len(self._evicted_ids) > self.settings.max_open_spans:
+                    self._evicted_ids.pop(next(iter(self._evicted_ids)), None)
                 record.span.set_attribute("stem.span.incomplete", True)
                 record.span.end()
 
@@ -168,8 +183,15 @@ class TracingSink:
         record.span.end(end_time=_ns(at))
 
     def _finish(self, event: ev.TaskEvent, outcome: str) -> _Open | None:
+        if event.in_process:
+            self._scopes.end(event.task_id)
         record = self._open.get(event.task_id)
         if record is None:
+            if self._evicted_ids and event.task_id in self._evicted_ids:
+                # Its span was ended early; a second span for one attempt would mislead.
+                self._evicted_ids.pop(event.task_id, None)
+                self.late_outcomes += 1
+                return None
             record = self._start(event)
         if record.span.is_recording():
             record.span.set_attribute("stem.task.outcome", outcome)
@@ -187,10 +209,9 @@ class TracingSink:
         record = self._open.get(event.task_id)
         if record is None:
             record = self._start(event)
-        if event.in_process and event.task_id not in self._tokens:
-            self._tokens[event.task_id] = otel_context.attach(
-                trace.set_span_in_context(record.span)
-            )
+        if event.in_process:
+            token = otel_context.attach(trace.set_span_in_context(record.span))
+            self._scopes.push(Scope(event.task_id, record, token))
         return record.trace_id
 
     def on_succeeded(self, event: ev.TaskSucceeded) -> str | None:
@@ -274,14 +295,20 @@ class TracingSink:
         return record.trace_id
 
     def on_postrun(self, event: ev.TaskPostrun) -> str | None:
-        record = self._open.get(event.task_id)
         trace_id = None
-        if record is not None:  # no outcome event came: end the span here
-            if record.span.is_recording():
-                record.span.set_attribute("stem.task.outcome", event.state)
-            self._end(event.task_id, record, event.occurred_at)
-            trace_id = record.trace_id
-        token = self._tokens.pop(event.task_id, None)
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+        try:
+            record = self._open.get(event.task_id)
+            if record is not None:  # no outcome event came: end the span here
+                if record.span.is_recording():
+                    record.span.set_attribute("stem.task.outcome", event.state)
+                self._end(event.task_id, record, event.occurred_at)
+                trace_id = record.trace_id
+        finally:
+            if event.in_process:
+                self._scopes.pop(event.task_id)
         return trace_id
+
+
+def _detach(scope: Scope) -> None:
+    """Restore the context that was current before the task's span was made current."""
+    otel_context.detach(scope.token)

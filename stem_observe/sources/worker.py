@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import os
 import socket
 import threading
@@ -28,7 +29,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from stem_observe import events as ev
 from stem_observe import signals as sig
@@ -62,7 +63,8 @@ class TaskRun:
     """One execution of a task; a context manager. Build it with :func:`track_task`."""
 
     __slots__ = (
-        "_on_exit", "_perf_start", "_state", "_token", "attempt", "enqueued_at", "eta",
+        "_on_enter", "_on_exit", "_perf_start", "_state", "_token", "attempt", "enqueued_at",
+        "eta",
         "headers", "max_retries", "queue", "send_received", "task_id", "task_name",
         "worker_id",
     )
@@ -80,6 +82,7 @@ class TaskRun:
         enqueued_at: float | None = None,
         eta: float | None = None,
         send_received: bool = True,
+        on_enter: Callable[[TaskRun], None] | None = None,
         on_exit: Callable[[TaskRun], None] | None = None,
     ) -> None:
         self.task_name = task_name
@@ -92,6 +95,7 @@ class TaskRun:
         self.enqueued_at = enqueued_at
         self.eta = eta
         self.send_received = send_received
+        self._on_enter = on_enter
         self._on_exit = on_exit
         self._state: TaskState | None = None
         self._perf_start = 0.0
@@ -107,6 +111,8 @@ class TaskRun:
         return time.perf_counter() - self._perf_start
 
     def __enter__(self) -> TaskRun:
+        if self._on_enter is not None:
+            self._on_enter(self)
         now = time.time()
         # Build an event only when someone listens: nothing installed costs almost nothing.
         if self.send_received and sig.task_received.receivers:
@@ -163,6 +169,17 @@ class TaskRun:
             ), _SENDER)
         if self._on_exit is not None:
             self._on_exit(self)
+
+    async def __aenter__(self) -> TaskRun:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def _emit_failed(self, exc: BaseException, runtime: float, now: float) -> None:
         if not sig.task_failed.receivers:
@@ -226,25 +243,52 @@ class TaskRun:
         ), _SENDER)
 
 
-def track_task(task_name: str, **kwargs: Any) -> TaskRun:
-    """A :class:`TaskRun` for one execution of ``task_name``; use it as a context manager.
+def track_task(
+    task_name: str,
+    *,
+    task_id: str | None = None,
+    queue: str = "default",
+    attempt: int = 0,
+    max_retries: int = 0,
+    worker_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    enqueued_at: float | None = None,
+    eta: float | None = None,
+    send_received: bool = True,
+) -> TaskRun:
+    """A :class:`TaskRun` for one execution of ``task_name``; use it as a context manager
+    (``with`` or ``async with``).
 
-    Keyword arguments: ``task_id`` (a new UUID if omitted), ``queue``, ``attempt``,
-    ``max_retries``, ``worker_id``, ``headers`` (message headers; a ``traceparent`` joins
-    the producer's trace), ``enqueued_at`` and ``eta`` (epoch seconds, for queue-wait time),
-    ``send_received`` (``False`` if the worker sent ``task-received`` itself).
+    ``task_id`` defaults to a new UUID; ``headers`` are the message headers (a
+    ``traceparent`` joins the producer's trace); ``enqueued_at`` and ``eta`` (epoch seconds)
+    give the queue-wait time; ``send_received=False`` if the worker sent ``task-received``
+    itself.
     """
-    return TaskRun(task_name, **kwargs)
+    return TaskRun(
+        task_name, task_id=task_id, queue=queue, attempt=attempt, max_retries=max_retries,
+        worker_id=worker_id, headers=headers, enqueued_at=enqueued_at, eta=eta,
+        send_received=send_received,
+    )
 
 
 def observe(
     name: str | None = None, *, queue: str = "default", max_retries: int = 0,
     worker_id: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a function so each call is tracked as one task execution (new task id)."""
+    """Decorate a function (or ``async def``) so each call is tracked as one task execution
+    with a new task id."""
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         task_name = name or f"{func.__module__}.{func.__qualname__}"
+
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                async with TaskRun(task_name, queue=queue, max_retries=max_retries,
+                                   worker_id=worker_id):
+                    return await func(*args, **kwargs)
+
+            return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -276,7 +320,7 @@ class WorkerSession:
         namespace: str = "stem",
     ) -> None:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.queues = tuple(queues)
+        self.queues = tuple(queues) or ("default",)
         self.concurrency = concurrency
         self.heartbeat_interval_s = heartbeat_interval_s
         self.namespace = namespace
@@ -320,13 +364,29 @@ class WorkerSession:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def track(self, task_name: str, **kwargs: Any) -> TaskRun:
+    def track(
+        self,
+        task_name: str,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        attempt: int = 0,
+        max_retries: int = 0,
+        headers: Mapping[str, str] | None = None,
+        enqueued_at: float | None = None,
+        eta: float | None = None,
+    ) -> TaskRun:
         """Like :func:`track_task`, with this worker's id and in-flight accounting."""
+        return TaskRun(
+            task_name, task_id=task_id, queue=queue or self.queues[0], attempt=attempt,
+            max_retries=max_retries, worker_id=self.worker_id, headers=headers,
+            enqueued_at=enqueued_at, eta=eta, on_enter=self._started, on_exit=self._finished,
+        )
+
+    def _started(self, run: TaskRun) -> None:
         with self._lock:
             self._inflight += 1
             self._counts["started"] += 1
-        kwargs.setdefault("worker_id", self.worker_id)
-        return TaskRun(task_name, on_exit=self._finished, **kwargs)
 
     def _finished(self, run: TaskRun) -> None:
         with self._lock:

@@ -50,7 +50,7 @@ def test_demo_serves_metrics_with_retries_dead_letters_and_exemplars(tmp_path: P
                 r'^stem_tasks_dead_lettered_total\{[^}]*queue="payments"[^}]*\} (\d+)', body, re.M)
             retried = re.search(
                 r'^stem_tasks_retried_total\{queue="emails",task="emails.send"\} (\d+)', body, re.M)
-            dlq = re.search(r'^stem_dlq_depth\{queue="payments"\} [1-9]', body, re.M)
+            dlq = re.search(r'^stem_dlq_depth\{[^}]*queue="payments"[^}]*\} [1-9]', body, re.M)
             if dead and retried and dlq and float(dead.group(1)) and float(retried.group(1)):
                 return body
             return None
@@ -59,7 +59,8 @@ def test_demo_serves_metrics_with_retries_dead_letters_and_exemplars(tmp_path: P
                         message="retries and dead letters on /metrics")
         assert re.search(r'stem_tasks_failed_total\{[^}]*\} \d+\.\d+ # \{task_id="[0-9a-f-]{36}",'
                          r'trace_id="[0-9a-f]{32}"\}', body)
-        assert re.search(r'^stem_worker_up\{worker="demo-worker-1"\} 1\.0', body, re.M)
+        assert re.search(r'^stem_worker_up\{namespace="stem",worker="demo-worker-1"\} 1\.0',
+                         body, re.M)
         assert re.search(r"^stem_task_queue_wait_seconds_count\{", body, re.M)
     finally:
         process.send_signal(signal.SIGINT)

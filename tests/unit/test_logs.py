@@ -60,11 +60,20 @@ def test_uninstall_restores_the_record_factory() -> None:
 
 
 def test_filter_adds_fields_without_the_factory(recorder: Recorder) -> None:
-    stem_observe.install(metrics=False, tracing=False, logs=False)
-    # Without the logs sink nothing tracks the task; the filter still makes fields safe.
+    original = logging.getLogRecordFactory()
+    stem_observe.install(metrics=False, tracing=False, log_record_factory=False)
     recorder.addFilter(TaskContextFilter())
     try:
-        logging.getLogger("tests.app").info("plain")
+        assert logging.getLogRecordFactory() is original
+        log = logging.getLogger("tests.app")
+        log.info("outside")
+        with stem_observe.track_task("emails.send", task_id="t-9"):
+            log.info("inside")
+            log.info("mine", extra={"task_id": "own"})
     finally:
         stem_observe.uninstall()
-    assert recorder.records[-1].__dict__["task_id"] == ""
+    outside, inside, mine = recorder.records
+    assert outside.__dict__["task_id"] == ""
+    assert inside.__dict__["task_id"] == "t-9"
+    assert inside.__dict__["task_name"] == "emails.send"
+    assert mine.__dict__["task_id"] == "own"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -92,6 +93,34 @@ def test_decorator_tracks_each_call_with_a_new_task_id(collected: Collected) -> 
     assert {e.queue for e in prerun} == {"math"}
 
 
+def test_async_functions_are_tracked_with_their_outcome(collected: Collected) -> None:
+    @stem_observe.observe(queue="io")
+    async def fetch(fail: bool) -> str:
+        await asyncio.sleep(0)
+        if fail:
+            raise ConnectionError("down")
+        return "ok"
+
+    assert asyncio.run(fetch(False)) == "ok"
+    with pytest.raises(ConnectionError, match="down"):
+        asyncio.run(fetch(True))
+    outcomes = [e for e in collected.events if isinstance(e, ev.TaskSucceeded | ev.TaskFailed)]
+    assert [type(e).__name__ for e in outcomes] == ["TaskSucceeded", "TaskFailed"]
+    failed = outcomes[1]
+    assert isinstance(failed, ev.TaskFailed)
+    assert failed.error_type == "ConnectionError"
+
+
+def test_async_context_manager(collected: Collected) -> None:
+    async def handler() -> None:
+        async with stem_observe.track_task("a", task_id="async-1") as run:
+            run.heartbeat(0.5)
+
+    asyncio.run(handler())
+    assert collected.names() == [
+        "task-received", "task-prerun", "task-heartbeat", "task-succeeded", "task-postrun"]
+
+
 def test_worker_session_sends_lifecycle_and_heartbeats(
     installed: Installed, collected: Collected
 ) -> None:
@@ -101,13 +130,13 @@ def test_worker_session_sends_lifecycle_and_heartbeats(
             pass
         wait_for(lambda: collected.names().count("worker-heartbeat") >= 3,
                  message="three heartbeats")
-        assert installed.value("stem_worker_up", worker="w-7") == 1
+        assert installed.value("stem_worker_up", worker="w-7", namespace="stem") == 1
     assert collected.names()[0] == "worker-ready"
     assert collected.names()[-2:] == ["worker-stopping", "worker-shutdown"]
     beats = [e for e in collected.events if isinstance(e, ev.WorkerHeartbeat)]
     assert beats[-1].completed == 1
     assert beats[-1].inflight == 0
-    assert installed.value("stem_worker_up", worker="w-7") == 0
+    assert installed.value("stem_worker_up", worker="w-7", namespace="stem") == 0
 
 
 def test_a_receiver_that_raises_never_reaches_the_task(
