@@ -2,7 +2,10 @@
 
 For each signal the bridge connects one receiver that calls the enabled sinks in a fixed
 order: tracing first (it opens or ends the span and yields its trace id), then metrics
-(which put that trace id in exemplars), then logs. Each sink is guarded: an exception in
+(which put that trace id in exemplars), then logs. Around them it keeps the scope of the
+in-process task (``sinks/_scopes.py``): opened before the sinks see ``task-prerun``,
+closed after they saw ``task-postrun``; the span is made current and log fields are read
+within it. Each sink is guarded: an exception in
 one is counted and logged (rate-limited) and never reaches the task or the other sinks.
 """
 
@@ -22,6 +25,7 @@ from prometheus_client.registry import Collector
 from stem_observe import signals
 from stem_observe.config import Settings
 from stem_observe.errors import ConfigError, StemObserveError
+from stem_observe.sinks._scopes import SCOPE_HOOKS, TASKS
 from stem_observe.sinks.logs import LogsSink
 from stem_observe.sinks.metrics import MetricsSink
 from stem_observe.sinks.tracing import TracingSink
@@ -40,10 +44,18 @@ def _fanout(
     tracing: _TraceHandler | None,
     metrics: _MetricsHandler | None,
     logs: _LogsHandler | None,
+    *,
+    before: Callable[[Any], None] | None = None,
+    after: Callable[[Any], None] | None = None,
 ) -> Callable[..., None]:
     fail = signals._receiver_failed
 
     def receive(sender: object, *, event: Any) -> None:
+        if before is not None:
+            try:
+                before(event)
+            except Exception:
+                fail(signal_name, before)
         trace_id = None
         if tracing is not None:
             try:
@@ -60,6 +72,11 @@ def _fanout(
                 logs(event)
             except Exception:
                 fail(signal_name, logs)
+        if after is not None:
+            try:
+                after(event)
+            except Exception:
+                fail(signal_name, after)
 
     receive.__qualname__ = f"stem_observe.bridge[{signal_name}]"
     return receive
@@ -132,11 +149,14 @@ class Bridge:
         trace_h = self.tracing.handlers() if self.tracing else {}
         metric_h = self.metrics.handlers() if self.metrics else {}
         log_h = self.logs.handlers() if self.logs else {}
+        # The in-process task's scope (current span, log fields) matters to tracing and logs.
+        scoped = self.tracing is not None or self.logs is not None
         for event_type, sig in signals.SIGNALS.items():
             t, m, lg = trace_h.get(event_type), metric_h.get(event_type), log_h.get(event_type)
-            if t is None and m is None and lg is None:
+            before, after = SCOPE_HOOKS.get(event_type, (None, None)) if scoped else (None, None)
+            if t is None and m is None and lg is None and before is None and after is None:
                 continue
-            receiver = _fanout(sig.name, t, m, lg)
+            receiver = _fanout(sig.name, t, m, lg, before=before, after=after)
             sig.connect(receiver, weak=False)
             self._receivers.append((sig, receiver))
         if self.metrics is not None:
@@ -151,7 +171,7 @@ class Bridge:
         self._receivers.clear()
         if self.logs is not None:
             self.logs.uninstall_record_factory()
-            self.logs.close()
+        TASKS.clear()
         if self.tracing is not None:
             self.tracing.close()
         if self.metrics is not None:
@@ -167,8 +187,7 @@ class Bridge:
             self.metrics.after_fork()
         if self.tracing is not None:
             self.tracing.after_fork()
-        if self.logs is not None:
-            self.logs.after_fork()
+        TASKS.reset_after_fork()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Export what the bridge's own tracer provider holds (no-op for an injected one)."""

@@ -21,9 +21,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["Scope", "ScopeStack"]
+from opentelemetry import context as otel_context
+
+from stem_observe import events as ev
+
+__all__ = ["SCOPE_HOOKS", "TASKS", "Scope", "ScopeStack"]
 
 
 class Scope:
@@ -139,3 +143,47 @@ class ScopeStack:
             if self._on_unwind is not None:
                 self._on_unwind(stack[end])
         return stack[:end] if end != len(stack) else stack
+
+
+def _detach(scope: Scope) -> None:
+    """Undo what a sink attached to the scope (the task's span made current)."""
+    if scope.token is not None:
+        otel_context.detach(scope.token)
+
+
+#: The in-process tasks of every context. The bridge opens a scope at prerun and closes it
+#: at postrun, around the sinks; sinks read it (log fields) or attach to it (the span).
+TASKS: Final = ScopeStack("stem_observe_tasks", on_unwind=_detach)
+
+
+def _before_received(event: ev.TaskEvent) -> None:
+    if event.in_process:
+        TASKS.prune()  # so a stale span cannot become the new task's parent
+
+
+def _before_prerun(event: ev.TaskEvent) -> None:
+    if event.in_process:
+        TASKS.push(Scope(event.task_id, event.task_name))
+
+
+def _after_outcome(event: ev.TaskEvent) -> None:
+    if event.in_process:
+        TASKS.end(event.task_id)
+
+
+def _after_postrun(event: ev.TaskEvent) -> None:
+    if event.in_process:
+        TASKS.pop(event.task_id)
+
+
+Hook = Callable[[ev.TaskEvent], None]
+#: Event type -> (run before the sinks, run after them).
+SCOPE_HOOKS: Final[dict[type[ev.Event], tuple[Hook | None, Hook | None]]] = {
+    ev.TaskReceived: (_before_received, None),
+    ev.TaskPrerun: (_before_prerun, None),
+    ev.TaskSucceeded: (None, _after_outcome),
+    ev.TaskFailed: (None, _after_outcome),
+    ev.TaskRetry: (None, _after_outcome),
+    ev.TaskRevoked: (None, _after_outcome),
+    ev.TaskPostrun: (None, _after_postrun),
+}

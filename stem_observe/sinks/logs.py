@@ -19,7 +19,7 @@ from typing import Any, Final
 from opentelemetry import trace
 
 from stem_observe import events as ev
-from stem_observe.sinks._scopes import Scope, ScopeStack
+from stem_observe.sinks._scopes import TASKS
 
 __all__ = ["LOG_FIELDS", "LogsSink", "TaskContextFilter", "TaskLogContext", "current_log_context"]
 
@@ -38,13 +38,10 @@ class TaskLogContext:
         self.queue = queue
 
 
-_scopes: Final = ScopeStack("stem_observe_log_scopes")
-
-
 def current_log_context() -> TaskLogContext | None:
     """The task running in this context, if any."""
-    scope = _scopes.current()
-    return None if scope is None else scope.value
+    scope = TASKS.current()
+    return None if scope is None else TaskLogContext(scope.task_id, scope.value, "")
 
 
 class _RecordDict(dict[str, Any]):
@@ -65,17 +62,16 @@ _FIELD_SET: Final = frozenset(LOG_FIELDS)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, str]:
-    scope = _scopes.current()
+    scope = TASKS.current()
     if scope is None:
         return dict.fromkeys(LOG_FIELDS, "")
-    task: TaskLogContext = scope.value
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         trace_id = format(span_context.trace_id, "032x")
         span_id = format(span_context.span_id, "016x")
     else:
         trace_id = span_id = ""
-    return {"task_id": task.task_id, "task_name": task.task_name,
+    return {"task_id": scope.task_id, "task_name": scope.value,
             "trace_id": trace_id, "span_id": span_id}
 
 
@@ -95,40 +91,15 @@ class TaskContextFilter(logging.Filter):
 
 
 class LogsSink:
-    """Tracks the in-process task per context and annotates log records with it."""
+    """Annotates log records with the in-process task of their context."""
 
     def __init__(self) -> None:
         self._previous_factory: Callable[..., logging.LogRecord] | None = None
         self._factory: Callable[..., logging.LogRecord] | None = None
 
     def handlers(self) -> dict[type[ev.Event], Callable[[Any], None]]:
-        return {
-            ev.TaskPrerun: self.on_prerun,
-            ev.TaskSucceeded: self.on_outcome,
-            ev.TaskFailed: self.on_outcome,
-            ev.TaskRetry: self.on_outcome,
-            ev.TaskRevoked: self.on_outcome,
-            ev.TaskPostrun: self.on_postrun,
-        }
-
-    def on_prerun(self, event: ev.TaskPrerun) -> None:
-        if event.in_process:
-            context = TaskLogContext(event.task_id, event.task_name, event.queue)
-            _scopes.push(Scope(event.task_id, context))
-
-    def on_outcome(self, event: ev.TaskEvent) -> None:
-        if event.in_process:
-            _scopes.end(event.task_id)
-
-    def on_postrun(self, event: ev.TaskPostrun) -> None:
-        if event.in_process:
-            _scopes.pop(event.task_id)
-
-    def after_fork(self) -> None:
-        _scopes.reset_after_fork()
-
-    def close(self) -> None:
-        _scopes.clear()
+        """None: the bridge tracks the in-process task (``_scopes.TASKS``); this sink reads it."""
+        return {}
 
     def install_record_factory(self) -> None:
         """Wrap the logging record factory so every record carries the task fields."""

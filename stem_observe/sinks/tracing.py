@@ -6,8 +6,9 @@ A span opens at ``task-received`` or ``task-prerun`` (whichever comes first) and
 reconstructs a task from a status record gets the task's real times. A W3C ``traceparent``
 in the event's headers makes the span a child of the producer's span.
 
-For in-process events the span is made current between prerun and postrun, so spans and
-logs the task creates nest under it. Handlers run on the sender's thread and do no I/O;
+For in-process events the span is made current between prerun and postrun (within the task
+scope the bridge opens, see ``_scopes``), so spans and logs the task creates nest under it.
+Handlers run on the sender's thread and do no I/O;
 export happens in the tracer provider's span processor.
 """
 
@@ -25,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
-from stem_observe.sinks._scopes import Scope, ScopeStack
+from stem_observe.sinks._scopes import TASKS
 from stem_observe.sinks._traceparent import remote_parent, sampled_trace_id
 
 __all__ = ["SPAN_NAME", "TracingSink"]
@@ -69,11 +70,6 @@ class TracingSink:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_SCOPE)
         self._open: dict[str, _Open] = {}
-        # In-process tasks: the span is made current from prerun to postrun.
-        self._scopes = ScopeStack(
-            "stem_observe_span_scopes", on_unwind=_detach,
-            max_open=self.settings.max_open_spans,
-        )
         # Tasks whose span was ended early: their late outcome must not start a new span.
         self._evicted_ids: dict[str, None] = {}
         self._lock = threading.Lock()
@@ -98,7 +94,6 @@ class TracingSink:
         """Forget spans inherited from the parent process (called in a forked child)."""
         self._open = {}
         self._evicted_ids = {}
-        self._scopes.reset_after_fork()
         self._lock = threading.Lock()
 
     def open_spans(self) -> int:
@@ -106,7 +101,6 @@ class TracingSink:
 
     def close(self) -> None:
         """End every span still open (at shutdown), marked incomplete."""
-        self._scopes.clear()
         with self._lock:
             pending, self._open = self._open, {}
         for record in pending.values():
@@ -116,8 +110,6 @@ class TracingSink:
     # ----------------------------------------------------------------- span lifecycle
 
     def _start(self, event: ev.TaskEvent) -> _Open:
-        if event.in_process:
-            self._scopes.prune()  # before the ambient context can become the parent
         parent = remote_parent(event.headers)
         if parent is not None:
             pass
@@ -183,8 +175,6 @@ class TracingSink:
         record.span.end(end_time=_ns(at))
 
     def _finish(self, event: ev.TaskEvent, outcome: str) -> _Open | None:
-        if event.in_process:
-            self._scopes.end(event.task_id)
         record = self._open.get(event.task_id)
         if record is None:
             if self._evicted_ids and event.task_id in self._evicted_ids:
@@ -210,8 +200,10 @@ class TracingSink:
         if record is None:
             record = self._start(event)
         if event.in_process:
-            token = otel_context.attach(trace.set_span_in_context(record.span))
-            self._scopes.push(Scope(event.task_id, record, token))
+            # The bridge opened this task's scope; make the span current within it.
+            scope = TASKS.current()
+            if scope is not None and scope.task_id == event.task_id and scope.token is None:
+                scope.token = otel_context.attach(trace.set_span_in_context(record.span))
         return record.trace_id
 
     def on_succeeded(self, event: ev.TaskSucceeded) -> str | None:
@@ -295,20 +287,12 @@ class TracingSink:
         return record.trace_id
 
     def on_postrun(self, event: ev.TaskPostrun) -> str | None:
-        trace_id = None
-        try:
-            record = self._open.get(event.task_id)
-            if record is not None:  # no outcome event came: end the span here
-                if record.span.is_recording():
-                    record.span.set_attribute("stem.task.outcome", event.state)
-                self._end(event.task_id, record, event.occurred_at)
-                trace_id = record.trace_id
-        finally:
-            if event.in_process:
-                self._scopes.pop(event.task_id)
-        return trace_id
+        record = self._open.get(event.task_id)
+        if record is None:
+            return None
+        # No outcome event came: end the span here.
+        if record.span.is_recording():
+            record.span.set_attribute("stem.task.outcome", event.state)
+        self._end(event.task_id, record, event.occurred_at)
+        return record.trace_id
 
-
-def _detach(scope: Scope) -> None:
-    """Restore the context that was current before the task's span was made current."""
-    otel_context.detach(scope.token)

@@ -151,3 +151,17 @@ def test_unsampled_tasks_record_nothing_and_yield_no_trace_id() -> None:
     assert sink.on_failed(ev.TaskFailed(task_id="t", task_name="a")) is None
     sink.on_postrun(ev.TaskPostrun(task_id="t", task_name="a", in_process=True))
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_late_outcome_after_eviction_starts_no_second_span() -> None:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = TracingSink(Settings(max_open_spans=1), tracer_provider=provider)
+    sink.on_prerun(ev.TaskPrerun(task_id="old", task_name="a"))
+    sink.on_prerun(ev.TaskPrerun(task_id="new", task_name="a"))  # evicts "old"
+    sink.on_succeeded(ev.TaskSucceeded(task_id="old", task_name="a"))
+    sink.on_succeeded(ev.TaskSucceeded(task_id="new", task_name="a"))
+    ids = [str(dict(s.attributes or {})["stem.task.id"]) for s in exporter.get_finished_spans()]
+    assert sorted(ids) == ["new", "old"]
+    assert (sink.evicted, sink.late_outcomes) == (1, 1)
