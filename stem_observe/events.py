@@ -257,9 +257,14 @@ class WorkerStopping(WorkerEvent):
 @_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerShutdown(WorkerEvent):
-    """The worker has stopped (``worker-shutdown``)."""
+    """The worker has stopped (``worker-shutdown``).
+
+    ``gone`` means the source no longer sees the worker at all (its heartbeat expired):
+    sinks drop its series.
+    """
 
     reason: str | None = None
+    gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +343,8 @@ class QueueSnapshot(Event):
     oldest_pending_age_s: float | None = None
     oldest_dead_letter_age_s: float | None = None
     consumers: tuple[QueueWorkerSnapshot, ...] = ()
+    gone: bool = False
+    """The queue no longer exists (all its keys vanished): sinks drop its series."""
 
 
 # --------------------------------------------------------------------------- scheduler

@@ -134,6 +134,12 @@ class WorkerGauges:
         worker.inflight = max(0, worker.inflight - 1)
         worker.children["worker_inflight"].set(worker.inflight)
 
+    def forget(self, worker_id: str) -> None:
+        """Drop a worker's series now (its source says it is gone)."""
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            self._remove(worker_id, worker)
+
     # ----------------------------------------------------------------- collection
 
     def sweep(self, now: float | None = None) -> None:

@@ -34,6 +34,10 @@ from stem_observe.sinks._workers import WorkerGauges
 __all__ = ["MetricsSink"]
 
 _MAX_EXEMPLAR_TASK_ID: Final = 80  # exemplar label sets are limited to 128 characters
+_QUEUE_GAUGES: Final = (
+    "queue_pending", "queue_inflight", "queue_delayed", "queue_delayed_overdue",
+    "queue_oldest_age", "dlq_depth", "dlq_oldest_age",
+)
 _TASK_ROLES: Final = (  # the roles bound once per (task, queue[, worker]): _TaskSeries
     "published", "received", "started", "succeeded", "failed", "retried", "revoked",
     "duration", "queue_wait",
@@ -280,7 +284,10 @@ class MetricsSink:
         self.workers.ready(event.worker_id, event.namespace, event.concurrency)
 
     def on_worker_shutdown(self, event: ev.WorkerShutdown, trace_id: str | None) -> None:
-        self.workers.shutdown(event.worker_id, event.namespace)
+        if event.gone:
+            self.workers.forget(event.worker_id)
+        else:
+            self.workers.shutdown(event.worker_id, event.namespace)
 
     def on_worker_heartbeat(self, event: ev.WorkerHeartbeat, trace_id: str | None) -> None:
         self.workers.heartbeat(
@@ -294,6 +301,9 @@ class MetricsSink:
             "queue": self._admit("queue", event.queue),
             "namespace": self._admit("namespace", event.namespace),
         }
+        if event.gone:
+            self._forget_queue(labels)
+            return
         for role, value in (
             ("queue_pending", event.pending),
             ("queue_inflight", event.inflight),
@@ -305,6 +315,19 @@ class MetricsSink:
         ):
             if value is not None and role in self._specs:
                 self._child(role, *(labels[k] for k in self._specs[role].keys)).set(value)
+
+    def _forget_queue(self, labels: dict[str, str]) -> None:
+        """Drop a vanished queue's gauges and free its label slot (its counters stay)."""
+        for role in _QUEUE_GAUGES:
+            spec = self._specs.get(role)
+            if spec is None:
+                continue
+            values = tuple(labels[k] for k in spec.keys)
+            self._children.pop((role, values), None)
+            with contextlib.suppress(KeyError):
+                self._metrics[role].remove(*values)
+        if labels["queue"] != OVERFLOW:
+            self._limits["queue"].forget(labels["queue"])
 
     def on_schedule_due(self, event: ev.ScheduleEntryDue, trace_id: str | None) -> None:
         self._child("schedule_due", self._admit("schedule", event.entry_id)).inc()

@@ -18,7 +18,7 @@ consumer group has never been read, so all its entries are pending.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ class QueueStats:
     oldest_pending_age_s: float | None = None
     oldest_dead_letter_age_s: float | None = None
     oldest_dead_letter: DeadLetter | None = None
+    newest_dead_letter_raw: bytes | None = None
+    """The head of the dead-letter list as stored: it changes whenever an entry is added."""
     streams: list[str] = field(default_factory=list)
     parse_errors: list[ParseError] = field(default_factory=list)
 
@@ -80,7 +82,7 @@ def discover_queues(
 
 
 def queue_stats(
-    client: redis.Redis, keys: StemKeys, queues: dict[str, Sequence[str]],
+    client: redis.Redis, keys: StemKeys, queues: Mapping[str, Sequence[str]],
     *, now: float | None = None,
 ) -> dict[str, QueueStats]:
     """Counts for every queue in ``queues`` (from :func:`discover_queues`), in two round trips."""
@@ -96,6 +98,7 @@ def queue_stats(
         pipe.zcount(keys.delayed(queue), "-inf", now_ms)
         pipe.llen(keys.dead(queue))
         pipe.lindex(keys.dead(queue), -1)
+        pipe.lindex(keys.dead(queue), 0)
         plan.append((queue, None))
     replies = pipe.execute(raise_on_error=False)
     stats = {queue: QueueStats(queue, streams=list(streams)) for queue, streams in queues.items()}
@@ -110,8 +113,9 @@ def queue_stats(
             if last_id is not None:
                 backlog.append((queue, stream_key, last_id))
             continue
-        delayed, overdue, dead, oldest = replies[index:index + 4]
-        index += 4
+        delayed, overdue, dead, oldest, newest = replies[index:index + 5]
+        index += 5
+        entry.newest_dead_letter_raw = newest if isinstance(newest, bytes) else None
         entry.delayed = delayed if isinstance(delayed, int) else 0
         entry.delayed_overdue = overdue if isinstance(overdue, int) else 0
         entry.dead_letters = dead if isinstance(dead, int) else 0

@@ -1,0 +1,130 @@
+"""``stem-observe serve``: the sidecar. Watches a Stem deployment's Redis and serves
+``/metrics``, ``/healthz`` and ``/readyz`` until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any, TextIO
+
+import redis
+from prometheus_client import REGISTRY
+
+from stem_observe.bridge import install, uninstall
+from stem_observe.commands._common import duration
+from stem_observe.config import Settings
+from stem_observe.errors import ConfigError
+from stem_observe.server import HttpServer, Response, json_response
+from stem_observe.sources.stem.keys import StemKeys
+from stem_observe.sources.stem.watcher import StemWatcher, WatcherOptions
+
+__all__ = ["mask_url", "register", "run"]
+
+logger = logging.getLogger("stem_observe.serve")
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="watch a Stem deployment's Redis and serve /metrics",
+        description="The sidecar: turns what Stem writes to Redis into signals, metrics and "
+                    "(with STEM_OBSERVE_OTLP_ENDPOINT) traces, and serves /metrics, /healthz "
+                    "and /readyz.",
+    )
+    env = os.environ
+    serve.add_argument("--broker", default=env.get("STEM_BROKER_URL", DEFAULT_BROKER),
+                       help="Stem's broker Redis URL (default: $STEM_BROKER_URL or "
+                            f"{DEFAULT_BROKER})")
+    serve.add_argument("--backend", default=env.get("STEM_RESULT_BACKEND_URL"),
+                       help="Stem's result backend Redis URL (default: "
+                            "$STEM_RESULT_BACKEND_URL or the broker)")
+    serve.add_argument("--namespace", default=env.get("STEM_OBSERVE_NAMESPACE", "stem"),
+                       help="the broker namespace (default: stem)")
+    serve.add_argument("--backend-namespace", default=env.get("STEM_OBSERVE_BACKEND_NAMESPACE"),
+                       help="the result backend namespace (default: the broker's)")
+    serve.add_argument("--worker-namespace", action="append", default=None,
+                       help="a worker namespace whose heartbeat channel to follow "
+                            "(repeatable; default: stem)")
+    serve.add_argument("--poll-interval", type=duration, default=5.0,
+                       help="queue, dead-letter and heartbeat poll interval (default: 5s)")
+    serve.add_argument("--reconcile-interval", type=duration, default=60.0,
+                       help="full status-record scan interval (default: 60s)")
+    serve.add_argument("--heartbeat-interval", type=duration, default=10.0,
+                       help="Stem's worker heartbeat interval (default: 10s)")
+    serve.add_argument("--notifications", choices=["auto", "on", "off", "enable"],
+                       default="auto",
+                       help="keyspace notifications for status changes: auto (use if the "
+                            "server has them), enable (turn them on with CONFIG SET), on, off")
+    serve.add_argument("--host", default=None, help="HTTP bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: 9464)")
+    serve.set_defaults(func=run)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None,
+        stop: threading.Event | None = None) -> int:
+    out = out or sys.stdout
+    settings = Settings.resolve(http_host=args.host, http_port=args.port)
+    keys = StemKeys(broker=args.namespace, backend=args.backend_namespace or args.namespace)
+    try:
+        broker = redis.Redis.from_url(args.broker)
+        backend = redis.Redis.from_url(args.backend) if args.backend else broker
+    except ValueError as exc:
+        raise ConfigError("--broker/--backend", f"invalid Redis URL: {exc}") from None
+    options = WatcherOptions(
+        keys=keys, worker_namespaces=tuple(args.worker_namespace or ["stem"]),
+        poll_interval_s=args.poll_interval, reconcile_interval_s=args.reconcile_interval,
+        heartbeat_interval_s=args.heartbeat_interval, notifications=args.notifications,
+    )
+    bridge = install(settings=settings, logs=False)
+    watcher = StemWatcher(broker, options, backend=backend, registry=REGISTRY)
+    server = HttpServer(registry=REGISTRY, host=settings.http_host, port=settings.http_port)
+
+    def readyz(headers: dict[str, str]) -> Response:
+        if watcher.ready.is_set():
+            return json_response(200, {"status": "ready", "queues": len(list(watcher.queues()))})
+        return json_response(503, {"status": "not ready",
+                                   "reason": f"no successful poll of {mask_url(args.broker)}"})
+
+    server.route("/readyz", readyz)
+    stopper = _Stop()
+    done = stop or stopper.event
+    if stop is None:
+        signal.signal(signal.SIGINT, stopper)
+        signal.signal(signal.SIGTERM, stopper)
+    try:
+        server.start()
+        watcher.start()
+        print(f"stem-observe serve: watching {mask_url(args.broker)} (namespace "
+              f"{keys.broker}); metrics at {server.url}/metrics, readiness at "
+              f"{server.url}/readyz", file=out, flush=True)
+        done.wait()
+        print("stem-observe serve: stopping", file=out, flush=True)
+    finally:
+        watcher.close()
+        bridge.flush()
+        server.stop()
+        uninstall()
+    return 0
