@@ -154,7 +154,7 @@ class Envelope:
             "meta": self.meta,
         }
 
-    def stream_fields(self) -> dict[str, str]:
+    def stream_fields(self) -> dict[Any, Any]:  # str -> str; typed for redis-py's xadd
         """The 12 fields ``XADD`` writes, in order, all strings."""
         return {
             "id": self.id, "name": self.name, "args": dumps(self.args),
