@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis
@@ -94,6 +95,8 @@ def _decode(items: Sequence[_Raw]) -> tuple[list[tuple[_Raw, DeadLetter]], list[
             decoded.append((raw, parse_dead_letter(raw)))
         except ParseError as exc:
             errors.append(exc)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. "attempt": 1e400
+            errors.append(ParseError("dead_letter", f"{type(exc).__name__}: {exc}"))
     return decoded, errors
 
 
@@ -133,7 +136,7 @@ def replay_dead_letters(
 ) -> list[DeadLetter]:
     """Move up to ``limit`` entries of ``queue``'s dead-letter list back to the queue.
 
-    Entries dead at or after ``since`` (epoch seconds or an aware ``datetime``), and with
+    Entries dead at or after ``since`` (epoch seconds, or a ``datetime``; naive is UTC), and with
     this ``task_name`` / ``reason`` when given, are taken oldest first. Each is republished
     with ``attempt + 1``, ``queue`` = ``queue`` and, when ``delay_s`` is given,
     ``notBefore`` = now + ``delay_s`` (else its own ``notBefore``). Returns the entries as
@@ -145,9 +148,12 @@ def replay_dead_letters(
     """
     if limit < 1:
         raise ConfigError("limit", f"must be at least 1, got {limit}")
-    if delay_s is not None and not delay_s >= 0:
+    if delay_s is not None and not (math.isfinite(delay_s) and delay_s >= 0):
         raise ConfigError("delay_s", f"must be a non-negative number of seconds, got {delay_s}")
-    since_s = since.timestamp() if isinstance(since, datetime) else since
+    if isinstance(since, datetime):
+        since_s: float | None = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+    else:
+        since_s = since
     dead_key = keys.dead(queue)
     decoded, errors = _decode(client.lrange(dead_key, 0, -1))
     if errors:
@@ -190,7 +196,7 @@ def _publish(
         # Envelope.fromJson gives an entry without enqueuedAt the time it was read.
         enqueued_at=envelope.enqueued_at if envelope.enqueued_at is not None else now,
     )
-    if not_before is not None and _epoch_ms(not_before) > _epoch_ms(now):
+    if not_before is not None and not_before > now:
         client.zadd(keys.delayed(queue), {dumps(copy.to_json()): _epoch_ms(not_before)})
         return
     stream = keys.stream(queue, copy.priority)
@@ -199,7 +205,8 @@ def _publish(
     except redis.ResponseError as exc:
         if not str(exc).startswith("BUSYGROUP"):
             raise
-    client.xadd(stream, copy.stream_fields())  # type: ignore[arg-type]
+    fields: Any = copy.stream_fields()  # str -> str, in Stem's order
+    client.xadd(stream, fields)
 
 
 def _replay_count(value: object) -> int:
@@ -227,7 +234,7 @@ def _note_replays(
         try:
             record = parse_status(raw, task_id=entry.envelope.id)
             data: dict[str, Any] = json.loads(raw)
-        except ParseError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # ParseError is a ValueError
             _log.warning("not updating the status record %s: %s", key, exc)
             continue
         meta = dict(record.meta)

@@ -38,20 +38,12 @@ from stem_observe.sources.stem.wire import (
     parse_time,
 )
 
-__all__ = [
-    "DELAYED_DRAIN_BATCH",
-    "HEARTBEAT_TTL_MS",
-    "RESULT_TTL_MS",
-    "Delivery",
-    "StemSimulator",
-    "TaskRun",
-    "retry_delay_ms",
-    "uuid7",
-]
+__all__ = ["HEARTBEAT_TTL_MS", "RESULT_TTL_MS", "Delivery", "StemSimulator", "TaskRun",
+           "retry_delay_ms", "uuid7"]
 
 RESULT_TTL_MS: Final = 86_400_000  # RedisResultBackend.defaultTtl, 1 day (§3.7.1)
 HEARTBEAT_TTL_MS: Final = 60_000  # RedisResultBackend.heartbeatTtl (§2.6)
-DELAYED_DRAIN_BATCH: Final = 128  # RedisStreamsBroker.delayedDrainBatch (§3.2.1)
+_DRAIN_BATCH: Final = 128  # RedisStreamsBroker.delayedDrainBatch (§3.2.1)
 _RETRY_BASE_MS: Final = 2_000  # ExponentialJitterRetryStrategy (§5.1)
 _RETRY_MAX_MS: Final = 300_000
 _ENCODER: Final = "json"
@@ -77,8 +69,7 @@ def uuid7(epoch_ms: int, rng: random.Random) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One stream entry read by a consumer: Stem's receipt is
-    ``<stream>|<group>|<consumer>|<entry id>`` (§3.2.6)."""
+    """A stream entry read by a consumer; Stem's receipt is ``stream|group|consumer|id``."""
 
     envelope: Envelope
     stream: str
@@ -93,8 +84,8 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class TaskRun:
-    """What :meth:`StemSimulator.run_task` did. ``others`` were read in the same
-    ``XREADGROUP`` and are left in flight for the caller."""
+    """What :meth:`StemSimulator.run_task` did; ``others`` (read in the same ``XREADGROUP``)
+    are left in flight for the caller."""
 
     delivery: Delivery
     outcome: Outcome
@@ -117,7 +108,8 @@ def _text(value: object) -> str:
 
 class StemSimulator:
     """Writes what Stem writes. ``clock`` returns epoch seconds (a fake clock makes delays
-    and retries deterministic); ``rng`` drives ids and retry jitter."""
+    and retries deterministic); ``rng`` drives ids and retry jitter. Not thread-safe: use
+    one simulator per thread (they may share a Redis client)."""
 
     def __init__(
         self, client: redis.Redis, keys: StemKeys = _DEFAULT_KEYS, *,
@@ -172,7 +164,8 @@ class StemSimulator:
         ``XREADGROUP ... COUNT <count> STREAMS p9..p1 base > ...`` (no ``BLOCK``).
 
         As in Redis, ``count`` applies per stream; every entry read is returned (and is in
-        the consumer's pending list), highest priority first.
+        the consumer's pending list), highest priority first. An entry without ``name``
+        raises ``wire.ParseError`` (it breaks Stem's loop too) and stays pending.
         """
         group = self.keys.group(queue)
         streams = self.keys.streams(queue)
@@ -228,11 +221,13 @@ class StemSimulator:
         ``attempt + 1`` and ``notBefore = now + delay`` (the delayed set, or the stream when
         the delay is 0), ``retried`` status. Otherwise: ``XACK`` + ``LPUSH`` the dead letter
         (``max-retries-exhausted``), ``failed`` status. ``delay_ms`` defaults to §5.1's
-        strategy. ``message`` is Dart's ``toString()`` of the error; ``stack`` its trace."""
+        strategy. Stem writes the error's ``toString()``, modelled as ``"<type>: <message>"``,
+        as the status ``error.message`` and as the dead letter's ``meta.error``."""
         envelope = delivery.envelope
         now_us = self._now_us()
         started = self._started.pop(delivery.receipt, now_us)
-        error = {"type": error_type, "message": message, "stack": stack}
+        text = f"{error_type}: {message}"
+        error = {"type": error_type, "message": text, "stack": stack}
         if envelope.attempt < envelope.max_retries:
             delay = retry_delay_ms(envelope.attempt, self._rng) if delay_ms is None else delay_ms
             self._ack(delivery)
@@ -242,8 +237,7 @@ class StemSimulator:
                              error={**error, "retryable": True, "meta": {}},
                              meta=self._status_meta(envelope, {"retryDelayMs": delay}))
             return "retried"
-        self._dead_letter(delivery, "max-retries-exhausted",
-                          {"error": f"{error_type}: {message}"}, now_us)
+        self._dead_letter(delivery, "max-retries-exhausted", {"error": text}, now_us)
         self._worker(worker_id, now_us).failed += 1
         self._set_status(envelope.id, "failed", attempt=envelope.attempt, now_us=now_us,
                          error={**error, "retryable": False, "meta": {}},
@@ -280,7 +274,7 @@ class StemSimulator:
         outcome: Literal["succeed", "fail", "revoke", "unregistered"] = "succeed",
         worker_id: str = "stem-worker-sim", queue: str = "default", priority: int = 0,
         max_retries: int = 0, meta: Mapping[str, Any] | None = None, result: Any = None,
-        error_type: str = "Exception", message: str = "Exception: boom",
+        error_type: str = "Exception", message: str = "boom",
         delay_ms: int | None = None,
     ) -> TaskRun:
         """Enqueue, deliver, start and finish one task (for demos and tests). Raises
@@ -348,11 +342,7 @@ class StemSimulator:
         return _us(self._clock())
 
     def _worker(self, worker_id: str | None, now_us: int) -> _WorkerStats:
-        key = worker_id or ""
-        stats = self._workers.get(key)
-        if stats is None:
-            stats = self._workers[key] = _WorkerStats(started_at_us=now_us)
-        return stats
+        return self._workers.setdefault(worker_id or "", _WorkerStats(started_at_us=now_us))
 
     def _ensure_group(self, stream: str, group: str) -> None:
         """``XGROUP CREATE <stream> <group> 0 MKSTREAM``, ignoring ``BUSYGROUP`` (§3.2.2)."""
@@ -383,7 +373,7 @@ class StemSimulator:
         the stream of their priority, with ``queue`` = the delayed key's queue."""
         key = self.keys.delayed(queue)
         due = cast(list[Any], self.client.zrangebyscore(
-            key, "-inf", self._now_us() // 1000, start=0, num=DELAYED_DRAIN_BATCH))
+            key, "-inf", self._now_us() // 1000, start=0, num=_DRAIN_BATCH))
         for member in due:
             if self.client.zrem(key, member):
                 self._xadd(replace(parse_envelope_json(_text(member)), queue=queue))
@@ -421,7 +411,7 @@ class StemSimulator:
             try:
                 data = json.loads(previous)
                 stamp = parse_time(data.get("createdAt") if isinstance(data, dict) else None)
-            except ValueError:  # unreadable: Stem would start over, too
+            except ValueError:  # unreadable: start over
                 stamp = None
             if stamp is not None:
                 created = dart_iso(stamp)

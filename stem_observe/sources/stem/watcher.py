@@ -114,12 +114,15 @@ class StemWatcher:
         self._heartbeats: dict[str, float] = {}  # worker id -> last timestamp sent
         self._stop = threading.Event()
         self._reconcile_now = threading.Event()
+        self._wake = threading.Event()  # ends the poller's wait early (stop, reconcile now)
         self._threads: list[threading.Thread] = []
         self._last_reconcile = 0.0
         self._last_log: dict[str, float] = {}
         self.notifications_on = False
         self.polls = 0
         self.ready = threading.Event()
+        self.listening = threading.Event()
+        """Set while the listener is subscribed (notifications and heartbeat channels)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -135,6 +138,7 @@ class StemWatcher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
@@ -199,7 +203,8 @@ class StemWatcher:
                 self.ready.clear()
                 self._log("poll", "Stem watcher cannot reach Redis (%s); retrying", exc)
                 self._reconcile_now.set()
-                self._stop.wait(backoff)
+                self._wake.wait(backoff)
+                self._wake.clear()
                 backoff = min(backoff * 2, self.options.poll_interval_s)
                 continue
             except Exception:
@@ -208,9 +213,14 @@ class StemWatcher:
                 backoff = 0.5
                 self.metrics.redis_up.set(1)
                 self.ready.set()
-            self._stop.wait(self.options.poll_interval_s)
+            self._wake.wait(self.options.poll_interval_s)
+            self._wake.clear()
 
     # ----------------------------------------------------------------- statuses
+
+    def _request_reconcile(self) -> None:
+        self._reconcile_now.set()
+        self._wake.set()
 
     def reconcile(self, *, prime: bool = False) -> int:
         """Scan every status record; returns the transitions it found."""
@@ -291,13 +301,15 @@ class StemWatcher:
                         ignore_subscribe_messages=True)
                     pubsubs.append(beat_pubsub)
                 beat_pubsub.subscribe(*channels)
-                self._reconcile_now.set()  # whatever happened while unsubscribed
+                self.listening.set()
+                self._request_reconcile()  # whatever happened while unsubscribed
                 backoff = 0.5
                 self._listen(pubsubs)
             except redis.RedisError as exc:
+                self.listening.clear()
                 self._log("listen", "Stem watcher lost its Redis subscription (%s); "
                           "resubscribing", exc)
-                self._reconcile_now.set()
+                self._request_reconcile()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
@@ -312,7 +324,7 @@ class StemWatcher:
             keys: list[str] = []
             for pubsub in pubsubs:
                 message = pubsub.get_message(timeout=wait)
-                while message is not None and len(keys) < _BATCH:
+                while message is not None:
                     channel = _text(message.get("channel"))
                     data = message.get("data")
                     if channel.startswith(prefix):
@@ -320,6 +332,8 @@ class StemWatcher:
                             keys.append(channel.split(":", 1)[1])
                     elif message.get("type") == "message":
                         self._on_heartbeat_message(data)
+                    if len(keys) >= _BATCH:
+                        break  # read this batch; the rest waits in the subscription
                     message = pubsub.get_message(timeout=0)
             if keys:
                 self._read_statuses(list(dict.fromkeys(keys)), "notification")
