@@ -128,9 +128,9 @@ def test_queue_snapshots_count_like_stem_and_vanished_queues_are_dropped(
 def test_reconcile_emits_each_transition_once_with_the_records_times(
     client: redis.Redis, seen: Seen,
 ) -> None:
-    write_status(client, "old", "succeeded")  # history when the watcher starts
+    write_status(client, "old", "succeeded", updated=time.time() - 60)  # history
     watcher = make_watcher(client)
-    watcher.poll_once()  # the first reconcile only primes
+    assert watcher.reconcile(prime=True) == 0  # the first scan only learns what is there
     assert not seen.of(ev.TaskSucceeded)
     started = time.time() - 5
     write_status(client, "t1", "running", meta={"worker": "w1",
@@ -151,11 +151,21 @@ def test_reconcile_emits_each_transition_once_with_the_records_times(
     assert len(seen.of(ev.TaskPrerun)) == 1
 
 
+def test_a_transition_first_seen_by_the_start_up_scan_is_not_swallowed(
+    client: redis.Redis, seen: Seen,
+) -> None:
+    write_status(client, "history", "running", updated=time.time() - 60)
+    watcher = make_watcher(client)
+    write_status(client, "live", "running", updated=watcher.started_at + 0.5)
+    assert watcher.reconcile(prime=True) == 1
+    assert [e.task_id for e in seen.of(ev.TaskPrerun)] == ["live"]
+
+
 def test_an_unseen_running_version_still_gives_a_start_and_retries_advance_attempts(
     client: redis.Redis, seen: Seen,
 ) -> None:
     watcher = make_watcher(client)
-    watcher.poll_once()
+    watcher.reconcile(prime=True)
     now = time.time()
     write_status(client, "t1", "retried", attempt=0, meta={"retryDelayMs": 2000},
                  error={"type": "TimeoutError", "message": "slow", "stack": None,
@@ -182,7 +192,7 @@ def test_an_unseen_running_version_still_gives_a_start_and_retries_advance_attem
 
 def test_cancelled_records_become_revocations(client: redis.Redis, seen: Seen) -> None:
     watcher = make_watcher(client)
-    watcher.poll_once()
+    watcher.reconcile(prime=True)
     write_status(client, "t1", "cancelled", meta={"revoked": True,
                                                    "revokedReason": "user request"})
     write_status(client, "t2", "cancelled", meta={"stem.expired": True})
@@ -192,7 +202,7 @@ def test_cancelled_records_become_revocations(client: redis.Redis, seen: Seen) -
 
 def test_unparsable_records_are_skipped_and_counted(client: redis.Redis, seen: Seen) -> None:
     watcher = make_watcher(client)
-    watcher.poll_once()
+    watcher.reconcile(prime=True)
     client.set(KEYS.result("bad-json"), "{not json")
     client.set(KEYS.result("odd-state"), dumps({"id": "odd-state", "state": "exploded"}))
     write_status(client, "fine", "running")
@@ -210,7 +220,8 @@ def test_keyspace_notifications_deliver_transitions_and_a_dropped_subscription_l
     watcher.start()
     try:
         assert "K" in str(client.config_get("notify-keyspace-events")["notify-keyspace-events"])
-        wait_for(lambda: watcher.polls >= 2, message="the first polls")
+        wait_for(lambda: watcher.listening.is_set() and watcher.reconciles >= 1,
+                 message="subscribed and primed")
         for index in range(50):
             write_status(client, f"n{index}", "running")
         wait_for(lambda: len(seen.of(ev.TaskPrerun)) == 50, message="50 notified starts")

@@ -465,11 +465,7 @@ def test_every_stream_key_maps_back_to_its_queue(queue: str, priority: int) -> N
     assert keys.queue_of(keys.dead(queue), "dead") == queue
 
 
-# BUG (keys.py, queue_of_stream): ``tail.isdigit()`` accepts non-ASCII digits such as "²",
-# which ``int()`` rejects, so one odd key name makes SCAN-based discovery raise ValueError.
-# Fix: ``tail.isascii() and tail.isdigit()`` (or ``re.fullmatch(r"[1-9]", tail)``). Remove
-# the xfail marker once fixed.
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="keys.queue_of_stream bug")
+# Non-ASCII digits such as "²" are digits to str.isdigit(), not to int().
 def test_non_ascii_digit_suffix_is_not_a_priority() -> None:
     assert StemKeys().queue_of_stream("stem:stream:x:p²") == "x:p²"
 
@@ -592,14 +588,7 @@ def test_parse_error_is_a_value_error_with_a_kind() -> None:
     assert str(error) == "status: broken"
 
 
-# BUG (wire.py, ``_int``): non-finite numbers escape as OverflowError/ValueError instead of
-# being read leniently: ``int(float("inf"))`` in the string branch, and ``int(value)`` for JSON
-# floats (Python's json reads ``1e400`` as inf and accepts ``NaN``). A single odd stream
-# field, status or heartbeat then breaks whatever caller only catches ParseError. Fix: in
-# ``_int``, return ``default`` when ``not math.isfinite(value)`` for floats, and catch
-# ``OverflowError`` with ``ValueError`` around ``int(float(value))``. Remove the xfail
-# marker once fixed.
-@pytest.mark.xfail(strict=True, raises=(OverflowError, ValueError), reason="wire._int bug")
+# Non-finite numbers (JSON 1e400 reads as inf; NaN is accepted) read leniently.
 @pytest.mark.parametrize("parse", [
     lambda: parse_envelope_fields({"name": "n", "priority": "Infinity"}),
     lambda: parse_envelope_json('{"name":"n","args":{},"attempt":1e400}'),
@@ -612,12 +601,7 @@ def test_non_finite_numbers_read_leniently(parse: Any) -> None:
         parse()
 
 
-# BUG (wire.py, ``parse_heartbeat``): ``data.get("queues") or []`` and
-# ``subscriptions.get("broadcasts") or []`` are iterated unchecked, so a number there raises
-# TypeError (and a string is split into characters). Fix: iterate them only when
-# ``isinstance(..., list)``, as ``subscriptions.queues`` already is. Remove the xfail marker
-# once fixed.
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="wire.parse_heartbeat bug")
+# Lists of the wrong type in a heartbeat are ignored, not iterated.
 @pytest.mark.parametrize("extra", [
     {"queues": 5},
     {"extras": {"subscriptions": {"broadcasts": 5}}},

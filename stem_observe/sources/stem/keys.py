@@ -72,7 +72,7 @@ class StemKeys:
             return None
         queue = key[len(prefix):]
         head, sep, tail = queue.rpartition(":p")
-        if sep and tail.isdigit() and 1 <= int(tail) <= 9 and head:
+        if sep and tail.isascii() and tail.isdigit() and 1 <= int(tail) <= 9 and head:
             queue = head
         return queue or None
 

@@ -52,7 +52,9 @@ class StatusTracker:
     """Feeds :meth:`observe` with records; ``emit`` receives the resulting events.
 
     ``prime=True`` records versions without emitting (the first scan at start-up: history
-    is not news). At most ``max_tasks`` tasks are remembered.
+    is not news) for records last updated before ``since``; newer ones are news even then,
+    so a transition seen first by that scan is not swallowed. At most ``max_tasks`` tasks
+    are remembered.
     """
 
     def __init__(self, emit: Callable[[ev.Event], None], *, max_tasks: int = 200_000) -> None:
@@ -66,7 +68,9 @@ class StatusTracker:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def observe(self, record: StatusRecord, *, prime: bool = False) -> int:
+    def observe(
+        self, record: StatusRecord, *, prime: bool = False, since: float | None = None
+    ) -> int:
         """Emit the events ``record`` is news of; returns how many transitions it was."""
         version = _version(record)
         with self._lock:
@@ -81,7 +85,7 @@ class StatusTracker:
             if record.state == "queued" and record.max_retries:
                 self._max_retries[record.id] = record.max_retries
             max_retries = self._max_retries.get(record.id, record.max_retries)
-        if prime:
+        if prime and (since is None or (record.updated_at or 0.0) < since):
             return 0
         saw_running = previous is not None and previous[0][0] == record.attempt and (
             previous[1] == "running")

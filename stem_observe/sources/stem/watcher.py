@@ -1,12 +1,14 @@
 """The Stem watcher: a live Stem deployment's Redis, turned into signals.
 
-Two threads, both started by :meth:`StemWatcher.start`:
+Three threads, all started by :meth:`StemWatcher.start`:
 
 * the **poller**, every ``poll_interval_s``: discovers queues, gathers their counts (two
   pipelined round trips for all queues, see ``inspect``) and sends ``queue-snapshot``;
   reads new dead letters (``task-dead-lettered``) and stored worker heartbeats
-  (``worker-heartbeat``); and every ``reconcile_interval_s`` scans the status records
-  (the safety net for transitions that notifications missed);
+  (``worker-heartbeat``);
+* the **reconciler**, every ``reconcile_interval_s`` and whenever the listener
+  (re)subscribes: scans every status record, the safety net for transitions that
+  notifications missed (its first scan only learns what is there: history is not news);
 * the **listener**: Redis keyspace notifications for the status records (when the server
   has them on, or ``notifications="enable"`` turned them on) and the heartbeat pub/sub
   channels. Notified keys are read in batches.
@@ -116,10 +118,12 @@ class StemWatcher:
         self._reconcile_now = threading.Event()
         self._wake = threading.Event()  # ends the poller's wait early (stop, reconcile now)
         self._threads: list[threading.Thread] = []
-        self._last_reconcile = 0.0
         self._last_log: dict[str, float] = {}
         self.notifications_on = False
         self.polls = 0
+        self.reconciles = 0
+        self.started_at = time.time()
+        """Status records updated before this are history to the first reconcile."""
         self.ready = threading.Event()
         self.listening = threading.Event()
         """Set while the listener is subscribed (notifications and heartbeat channels)."""
@@ -128,9 +132,11 @@ class StemWatcher:
 
     def start(self) -> StemWatcher:
         self._stop.clear()
+        self.started_at = time.time()
         self.notifications_on = self._setup_notifications()
         self.metrics.notifications.set(1 if self.notifications_on else 0)
-        for target, name in ((self._poll_loop, "poller"), (self._listen_loop, "listener")):
+        for target, name in ((self._poll_loop, "poller"), (self._listen_loop, "listener"),
+                             (self._reconcile_loop, "reconciler")):
             thread = threading.Thread(target=target, name=f"stem-observe-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -139,6 +145,7 @@ class StemWatcher:
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._reconcile_now.set()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
@@ -184,12 +191,6 @@ class StemWatcher:
             self._dead_marks.pop(gone, None)
         self._queues = queues
         self.metrics.queues.set(len(queues))
-        if self._reconcile_now.is_set() or (
-            now - self._last_reconcile >= self.options.reconcile_interval_s
-        ):
-            self._reconcile_now.clear()
-            self.reconcile(prime=self._last_reconcile == 0.0)
-            self._last_reconcile = now
         self.polls += 1
         self.metrics.poll_seconds.observe(time.perf_counter() - started)
 
@@ -202,7 +203,7 @@ class StemWatcher:
                 self.metrics.redis_up.set(0)
                 self.ready.clear()
                 self._log("poll", "Stem watcher cannot reach Redis (%s); retrying", exc)
-                self._reconcile_now.set()
+                self._request_reconcile()
                 self._wake.wait(backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, self.options.poll_interval_s)
@@ -220,7 +221,22 @@ class StemWatcher:
 
     def _request_reconcile(self) -> None:
         self._reconcile_now.set()
-        self._wake.set()
+
+    def _reconcile_loop(self) -> None:
+        primed = False
+        while not self._stop.is_set():
+            try:
+                self.reconcile(prime=not primed)
+                primed = True
+                self.reconciles += 1
+            except redis.RedisError as exc:
+                self._log("reconcile", "Stem watcher cannot scan status records (%s)", exc)
+                self._stop.wait(1.0)
+                continue
+            except Exception:
+                logger.exception("Stem watcher reconcile failed; retrying")
+            self._reconcile_now.wait(self.options.reconcile_interval_s)
+            self._reconcile_now.clear()
 
     def reconcile(self, *, prime: bool = False) -> int:
         """Scan every status record; returns the transitions it found."""
@@ -249,7 +265,7 @@ class StemWatcher:
                 continue
             if not record.known_state:
                 self._parse_error(ParseError("status_state", f"unknown state in {key}"))
-            found += self.statuses.observe(record, prime=prime)
+            found += self.statuses.observe(record, prime=prime, since=self.started_at)
         if found:
             self.metrics.transitions.labels(source).inc(found)
         return found

@@ -9,12 +9,14 @@ order, ``…mmmZ`` times), for the simulator and for dead-letter replay.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from stem_observe import events as ev
 
@@ -36,6 +38,8 @@ __all__ = [
     "parse_time",
 ]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 State = Literal["queued", "running", "succeeded", "failed", "retried", "cancelled"]
 STATES: Final[frozenset[str]] = frozenset(
     {"queued", "running", "succeeded", "failed", "retried", "cancelled"}
@@ -48,6 +52,25 @@ class ParseError(ValueError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
+
+
+def _lenient(kind: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn any unexpected error of a parser into :class:`ParseError` (a skip, not a crash)."""
+
+    def decorate(parse: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(parse)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return parse(*args, **kwargs)
+            except ParseError:
+                raise
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+                    RecursionError) as exc:
+                raise ParseError(kind, f"{type(exc).__name__}: {exc}") from exc
+
+        return wrapper
+
+    return decorate
 
 
 # --------------------------------------------------------------------------- time and JSON
@@ -107,15 +130,16 @@ def _int(value: object, default: int = 0) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value)
+        return int(value) if math.isfinite(value) else default
     if isinstance(value, str):
         try:
             return int(value.strip())
         except ValueError:
             try:
-                return int(float(value))
+                number = float(value)
             except ValueError:
                 return default
+            return int(number) if math.isfinite(number) else default
     return default
 
 
@@ -180,6 +204,7 @@ def _headers(value: object) -> dict[str, str]:
     return {str(k): v for k, v in value.items() if isinstance(v, str)}
 
 
+@_lenient("envelope")
 def parse_envelope_json(value: object, *, kind: str = "envelope") -> Envelope:
     """An envelope from its JSON object (or JSON text). ``name`` and ``args`` are required,
     as in ``Envelope.fromJson``; a missing ``id`` gets a new one."""
@@ -193,8 +218,12 @@ def parse_envelope_json(value: object, *, kind: str = "envelope") -> Envelope:
         raise ParseError(kind, "envelope args must be a JSON object")
     meta = data.get("meta")
     visibility = data.get("visibilityTimeout")
+    task_id = data.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        # Stem would make a new id; a stable one lets the entry be found again.
+        task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, dumps(data)))
     return Envelope(
-        id=str(data.get("id") or uuid.uuid4()),
+        id=task_id,
         name=name,
         args=args,
         headers=_headers(data.get("headers")),
@@ -209,6 +238,7 @@ def parse_envelope_json(value: object, *, kind: str = "envelope") -> Envelope:
     )
 
 
+@_lenient("stream_entry")
 def parse_envelope_fields(fields: Mapping[str, str], *, kind: str = "stream_entry") -> Envelope:
     """An envelope from a stream entry's fields (all strings; JSON in args/headers/meta)."""
     name = fields.get("name")
@@ -294,6 +324,7 @@ class StatusRecord:
         return _int(self.meta.get("maxRetries"))
 
 
+@_lenient("status")
 def parse_status(raw: str | bytes, *, task_id: str | None = None) -> StatusRecord:
     """A status record; an unknown ``state`` reads as ``queued`` (as ``TaskStatus.fromJson``)
     with ``known_state=False``. ``task_id`` (from the key) fills a missing ``id``."""
@@ -311,7 +342,7 @@ def parse_status(raw: str | bytes, *, task_id: str | None = None) -> StatusRecor
             type=str(error_data.get("type") or "Unknown"),
             message=str(error_data.get("message") or ""),
             stack=_str_or_none(error_data.get("stack")),
-            retryable=bool(error_data.get("retryable", False)),
+            retryable=error_data.get("retryable") is True,
             meta=error_meta if isinstance(error_meta, dict) else {},
         )
     meta = data.get("meta")
@@ -349,6 +380,7 @@ class DeadLetter:
                 "deadAt": dart_iso(self.dead_at)}
 
 
+@_lenient("dead_letter")
 def parse_dead_letter(raw: str | bytes) -> DeadLetter:
     """A dead-letter entry; ``envelope`` and ``deadAt`` are required, as Stem decodes them."""
     text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
@@ -372,6 +404,7 @@ def parse_dead_letter(raw: str | bytes) -> DeadLetter:
 # --------------------------------------------------------------------------- heartbeats
 
 
+@_lenient("heartbeat")
 def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.WorkerHeartbeat:
     """A ``worker-heartbeat`` event from Stem's heartbeat JSON (schema version ``"1"``)."""
     data = _object(_loads(raw, "heartbeat"), "heartbeat", "heartbeat")
@@ -386,9 +419,11 @@ def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.Wor
     subscriptions = extras.get("subscriptions") if isinstance(extras.get("subscriptions"),
                                                               dict) else {}
     assert isinstance(subscriptions, dict)
+    queue_list = data.get("queues")
     loads = tuple(
         ev.WorkerQueueLoad(str(q.get("name")), _int(q.get("inflight")))
-        for q in data.get("queues") or [] if isinstance(q, dict) and q.get("name")
+        for q in (queue_list if isinstance(queue_list, list) else [])
+        if isinstance(q, dict) and q.get("name")
     )
     queues = subscriptions.get("queues") if isinstance(subscriptions.get("queues"), list) else []
     assert isinstance(queues, list)
@@ -413,8 +448,10 @@ def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.Wor
         memory_bytes=_int(extras["memoryBytes"]) if "memoryBytes" in extras else None,
         memory_max_bytes=_int(extras["memoryMaxBytes"]) if "memoryMaxBytes" in extras else None,
         memory_percent=float(extras["memoryPercent"])
-        if isinstance(extras.get("memoryPercent"), int | float) else None,
-        load_avg=tuple(float(x) for x in load_avg if isinstance(x, int | float))
+        if isinstance(extras.get("memoryPercent"), int | float)
+        and not isinstance(extras.get("memoryPercent"), bool) else None,
+        load_avg=tuple(float(x) for x in load_avg
+                       if isinstance(x, int | float) and not isinstance(x, bool))
         if isinstance(load_avg, list) else (),
         cpu_count=_int(extras["cpuCount"]) if "cpuCount" in extras else None,
         started=_int(extras["started"]) if "started" in extras else None,
@@ -423,11 +460,14 @@ def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.Wor
         queue_depth=_int(extras["queueDepth"]) if "queueDepth" in extras else None,
         autoscale=extras.get("autoscale") if isinstance(extras.get("autoscale"), bool) else None,
         uptime_s=_int(extras["uptimeMs"]) / 1000 if "uptimeMs" in extras else None,
-        broadcasts=tuple(str(b) for b in subscriptions.get("broadcasts") or []
-                         if isinstance(b, str)),
+        broadcasts=tuple(b for b in _list(subscriptions.get("broadcasts")) if isinstance(b, str)),
         extras=extras,
         version=str(data.get("version") or "1"),
     )
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _safe_time(value: object) -> float | None:
