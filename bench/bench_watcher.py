@@ -35,14 +35,14 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import stem_observe  # noqa: E402
-from stem_observe import events as ev  # noqa: E402
-from stem_observe import signals  # noqa: E402
-from stem_observe.sources.stem.keys import StemKeys  # noqa: E402
-from stem_observe.sources.stem.watcher import StemWatcher, WatcherOptions  # noqa: E402
-from stem_observe.sources.stem.wire import Envelope, dart_iso, dumps  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
-from tests.support.wait import wait_for  # noqa: E402
+import stem_observe
+from stem_observe import events as ev
+from stem_observe import signals
+from stem_observe.sources.stem.keys import StemKeys
+from stem_observe.sources.stem.watcher import StemWatcher, WatcherOptions
+from stem_observe.sources.stem.wire import Envelope, dart_iso, dumps
+from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_for
 
 KEYS = StemKeys()
 

@@ -32,6 +32,12 @@ def register(commands: Any) -> None:
     demo.add_argument("--port", type=int, default=None,
                       help=f"HTTP port, 0 for any free port (default: {defaults.http_port})")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
+    demo.add_argument("--stem", action="store_true",
+                      help="simulate Stem workers writing Redis and watch it as "
+                           "`stem-observe serve` does")
+    demo.add_argument("--redis", default=None, metavar="URL",
+                      help="with --stem: the Redis to fill (default: a private redis-server "
+                           "on a free port)")
     demo.set_defaults(func=run)
 
 
@@ -48,6 +54,17 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise StemObserveError("--workers: must be at least 1")
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if args.stem:
+        from stem_observe.demo_stem import run_stem_demo
+
+        run_stem_demo(
+            sys.stdout, duration_s=args.duration, rate=args.rate, workers=args.workers,
+            host=settings.http_host, port=settings.http_port, redis_url=args.redis,
+            seed=args.seed,
+        )
+        return 0
+    if args.redis:
+        raise StemObserveError("--redis: only with --stem")
     run_demo(
         sys.stdout, duration_s=args.duration, rate=args.rate, workers=args.workers,
         host=settings.http_host, port=settings.http_port, seed=args.seed,

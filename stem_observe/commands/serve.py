@@ -5,58 +5,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from types import FrameType
 from typing import Any, TextIO
 
-import redis
 from prometheus_client import REGISTRY
 
 from stem_observe.bridge import install, uninstall
-from stem_observe.commands._common import duration
+from stem_observe.commands._common import connection_options, duration, mask_url
+from stem_observe.commands._stem import connect, resolve
 from stem_observe.config import Settings
-from stem_observe.errors import ConfigError
 from stem_observe.server import HttpServer, Response, json_response
-from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.watcher import StemWatcher, WatcherOptions
 
-__all__ = ["mask_url", "register", "run"]
+__all__ = ["register", "run"]
 
 logger = logging.getLogger("stem_observe.serve")
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
 
 
 def register(commands: Any) -> None:
     serve = commands.add_parser(
-        "serve", help="watch a Stem deployment's Redis and serve /metrics",
+        "serve", parents=[connection_options(with_json=False)],
+        help="watch a Stem deployment's Redis and serve /metrics",
         description="The sidecar: turns what Stem writes to Redis into signals, metrics and "
                     "(with STEM_OBSERVE_OTLP_ENDPOINT) traces, and serves /metrics, /healthz "
-                    "and /readyz.",
+                    "and /readyz. Without a result backend URL it reads the backend's keys "
+                    "from the broker.",
     )
-    env = os.environ
-    serve.add_argument("--broker", default=env.get("STEM_BROKER_URL", DEFAULT_BROKER),
-                       help="Stem's broker Redis URL (default: $STEM_BROKER_URL or "
-                            f"{DEFAULT_BROKER})")
-    serve.add_argument("--backend", default=env.get("STEM_RESULT_BACKEND_URL"),
-                       help="Stem's result backend Redis URL (default: "
-                            "$STEM_RESULT_BACKEND_URL or the broker)")
-    serve.add_argument("--namespace", default=env.get("STEM_OBSERVE_NAMESPACE", "stem"),
-                       help="the broker namespace (default: stem)")
-    serve.add_argument("--backend-namespace", default=env.get("STEM_OBSERVE_BACKEND_NAMESPACE"),
-                       help="the result backend namespace (default: the broker's)")
     serve.add_argument("--worker-namespace", action="append", default=None,
                        help="a worker namespace whose heartbeat channel to follow "
                             "(repeatable; default: stem)")
@@ -87,12 +64,12 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         stop: threading.Event | None = None) -> int:
     out = out or sys.stdout
     settings = Settings.resolve(http_host=args.host, http_port=args.port)
-    keys = StemKeys(broker=args.namespace, backend=args.backend_namespace or args.namespace)
-    try:
-        broker = redis.Redis.from_url(args.broker)
-        backend = redis.Redis.from_url(args.backend) if args.backend else broker
-    except ValueError as exc:
-        raise ConfigError("--broker/--backend", f"invalid Redis URL: {exc}") from None
+    target = resolve(args)
+    keys = target.keys
+    where = mask_url(target.broker_url)
+    broker = connect(target.broker_url, "broker", fail_fast=False)
+    backend = (broker if target.backend_url is None
+               else connect(target.backend_url, "backend", fail_fast=False))
     options = WatcherOptions(
         keys=keys, worker_namespaces=tuple(args.worker_namespace or ["stem"]),
         poll_interval_s=args.poll_interval, reconcile_interval_s=args.reconcile_interval,
@@ -106,7 +83,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         if watcher.ready.is_set():
             return json_response(200, {"status": "ready", "queues": len(list(watcher.queues()))})
         return json_response(503, {"status": "not ready",
-                                   "reason": f"no successful poll of {mask_url(args.broker)}"})
+                                   "reason": f"no successful poll of {where}"})
 
     server.route("/readyz", readyz)
     stopper = _Stop()
@@ -117,7 +94,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
     try:
         server.start()
         watcher.start()
-        print(f"stem-observe serve: watching {mask_url(args.broker)} (namespace "
+        print(f"stem-observe serve: watching {where} (namespace "
               f"{keys.broker}); metrics at {server.url}/metrics, readiness at "
               f"{server.url}/readyz", file=out, flush=True)
         done.wait()

@@ -127,8 +127,8 @@ def test_malformed_elements_are_skipped_and_counted(client: redis.Redis) -> None
     client.lpush(key, json.dumps({"reason": "x", "deadAt": dart_iso(T0)}))  # no envelope
     client.lpush(key, json.dumps({"envelope": envelope("x").to_json()}))  # no deadAt
     client.lpush(key, json.dumps({"envelope": {"id": "y", "args": {}}, "deadAt": dart_iso(T0)}))
-    client.lpush(key, '{"envelope":{"id":"z","name":"n","args":{},"attempt":1e400},'
-                      '"deadAt":"2026-01-01T00:00:00.000Z"}')  # OverflowError inside wire
+    client.lpush(key, '{"envelope":{"id":"z","name":"n","args":[]},'
+                      '"deadAt":"2026-01-01T00:00:00.000Z"}')  # args must be an object
     push(client, envelope("new"), dead_at=T0 + 1)
 
     page = list_dead_letters(client, KEYS, "default", limit=4)

@@ -14,7 +14,7 @@ from stem_observe import signals
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in vars(stem_observe) if not name.startswith("_")}
-    modules = {"bridge", "cli", "config", "errors", "server", "sinks", "sources"}
+    modules = {"bridge", "cli", "commands", "config", "errors", "server", "sinks", "sources"}
     assert set(stem_observe.__all__) == (public - modules) | {"__version__"}
     for name in stem_observe.__all__:
         assert hasattr(stem_observe, name), name

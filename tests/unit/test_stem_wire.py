@@ -673,3 +673,46 @@ def test_dead_letter_round_trip(
     assert (letter.envelope, letter.reason, letter.meta) == (envelope, reason, meta)
     assert letter.dead_at == dead_ms / 1000
     assert dumps(letter.to_json()) == raw
+
+
+# --------------------------------------------------------------------------- schedules
+
+from stem_observe.sources.stem.wire import parse_schedule  # noqa: E402
+
+V8_HASH = {
+    "taskName": "task", "queue": "default",
+    "spec": '{"kind":"interval","everyMs":30000,"startAt":"2025-01-01T00:00:00.000Z"}',
+    "args": '{"value":1}', "kwargs": "{}", "enabled": "true", "jitterMs": "1000",
+    "lastRunAt": "2025-01-02T00:00:00.000Z", "nextRunAt": "2025-01-03T00:00:00.000Z",
+    "lastJitterMs": "500", "lastError": "oops", "timezone": "UTC", "totalRunCount": "2",
+    "lastSuccessAt": "2025-01-02T01:00:00.000Z", "lastErrorAt": "2025-01-02T02:00:00.000Z",
+    "driftMs": "250", "expireAt": "2025-01-05T00:00:00.000Z", "meta": '{"source":"test"}',
+    "version": "1",
+}
+
+
+def test_v8_schedule_hash_parses() -> None:
+    entry = parse_schedule("schedule-1", {k.encode(): v.encode() for k, v in V8_HASH.items()})
+    assert (entry.task_name, entry.queue, entry.enabled) == ("task", "default", True)
+    assert entry.spec == {"kind": "interval", "everyMs": 30000,
+                          "startAt": "2025-01-01T00:00:00.000Z"}
+    assert entry.next_run_at == 1735862400.0  # the ZADD score of V8, in seconds
+    assert (entry.total_run_count, entry.drift_ms, entry.jitter_ms, entry.version) == (
+        2, 250, 1000, 1)
+    assert entry.last_error == "oops"
+
+
+def test_schedule_defaults_and_errors() -> None:
+    entry = parse_schedule("s", {"taskName": "t", "lastError": "", "enabled": "false",
+                                 "spec": "every:5m"})
+    assert entry.spec == {"kind": "legacy", "value": "every:5m"}
+    assert not entry.enabled
+    assert entry.last_error is None
+    assert parse_schedule("s", {"taskName": "t"}).enabled
+    with pytest.raises(ParseError) as raised:
+        parse_schedule("s", {"queue": "q"})
+    assert raised.value.kind == "schedule"
+    with pytest.raises(ParseError):
+        parse_schedule("s", {"taskName": "t", "spec": "{broken"})
+    with pytest.raises(ParseError):
+        parse_schedule("s", {"taskName": "t", "nextRunAt": "soon"})

@@ -1,4 +1,5 @@
-"""What Stem writes to Redis: lenient parsers, and Dart-exact serializers for writing it back.
+"""What Stem writes to Redis (envelopes, status records, dead letters, heartbeats, schedule
+entries): lenient parsers, and Dart-exact serializers for writing it back.
 
 Parsers accept every form Stem writes (timestamps with ``Z``, with an offset, with milli- or
 microseconds, or naive; numbers as JSON numbers or strings) and raise :class:`ParseError`
@@ -25,6 +26,7 @@ __all__ = [
     "DeadLetter",
     "Envelope",
     "ParseError",
+    "ScheduleEntry",
     "StatusError",
     "StatusRecord",
     "dart_iso",
@@ -34,6 +36,7 @@ __all__ = [
     "parse_envelope_fields",
     "parse_envelope_json",
     "parse_heartbeat",
+    "parse_schedule",
     "parse_status",
     "parse_time",
 ]
@@ -491,3 +494,67 @@ def heartbeat_to_json(
         "queues": [{"name": q, "inflight": n} for q, n in sorted((queues or {}).items()) if n > 0],
         "extras": dict(extras or {}),
     }
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """``<ns>:schedule:<id>``: a Beat schedule entry (hash fields; ``""`` means null)."""
+
+    id: str
+    task_name: str
+    queue: str = "default"
+    spec: dict[str, Any] = field(default_factory=lambda: {"kind": "legacy", "value": "every:60s"})
+    enabled: bool = True
+    next_run_at: float | None = None
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error: str | None = None
+    total_run_count: int = 0
+    drift_ms: int | None = None
+    jitter_ms: int | None = None
+    expire_at: float | None = None
+    version: int = 0
+
+
+@_lenient("schedule")
+def parse_schedule(entry_id: str, fields: Mapping[Any, Any]) -> ScheduleEntry:
+    """A schedule entry from ``HGETALL`` (§3.10): missing ``enabled`` is true, a missing
+    ``spec`` is ``every:60s``; ``spec`` is JSON, or a legacy ``every:…`` / cron string."""
+    data = {_decode(k): _decode(v) for k, v in fields.items()}
+    task_name = data.get("taskName")
+    if not task_name:
+        raise ParseError("schedule", f"schedule {entry_id!r} has no taskName")
+    raw_spec = data.get("spec") or "every:60s"
+    spec: dict[str, Any]
+    if raw_spec.lstrip().startswith("{"):
+        spec = _object(_loads(raw_spec, "schedule"), "schedule", "spec")
+    else:
+        spec = {"kind": "legacy", "value": raw_spec}
+
+    def number(key: str) -> int | None:
+        value = data.get(key)
+        return _int(value) if value not in (None, "") else None
+
+    return ScheduleEntry(
+        id=entry_id, task_name=task_name, queue=data.get("queue") or "default", spec=spec,
+        enabled=(data.get("enabled") or "true").lower() != "false",
+        next_run_at=parse_time(data.get("nextRunAt"), kind="schedule"),
+        last_run_at=parse_time(data.get("lastRunAt"), kind="schedule"),
+        last_success_at=parse_time(data.get("lastSuccessAt"), kind="schedule"),
+        last_error_at=parse_time(data.get("lastErrorAt"), kind="schedule"),
+        last_error=data.get("lastError") or None,
+        total_run_count=number("totalRunCount") or 0,
+        drift_ms=number("driftMs"), jitter_ms=number("jitterMs"),
+        expire_at=parse_time(data.get("expireAt"), kind="schedule"),
+        version=number("version") or 0,
+    )
+
+
+def _decode(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return "" if value is None else str(value)
