@@ -69,7 +69,7 @@ class Settings:
     """``stem`` (Stem-compatible names) or ``celery-exporter`` (celery-exporter's names)."""
     max_task_names: int = 500
     """Distinct task names kept as label values; later ones fold into ``__overflow__``."""
-    max_queues: int = 200
+    max_queues: int = 1000
     max_workers: int = 500
     max_label_values: int = 200
     """Limit for other labels: error type, dead-letter reason, schedule entry."""

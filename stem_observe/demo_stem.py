@@ -183,7 +183,7 @@ def _run(out: TextIO, url: str, *, duration_s: float, rate: float, workers: int,
     server = HttpServer(registry=registry, host=host, port=port)
 
     def readyz(headers: dict[str, str]) -> Response:
-        ready = watcher.ready.is_set()
+        ready = watcher.healthy()
         return json_response(200 if ready else 503, {"status": "ready" if ready else "starting"})
 
     server.route("/readyz", readyz)

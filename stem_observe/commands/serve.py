@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
     server = HttpServer(registry=REGISTRY, host=settings.http_host, port=settings.http_port)
 
     def readyz(headers: dict[str, str]) -> Response:
-        if watcher.ready.is_set():
+        if watcher.healthy():
             return json_response(200, {"status": "ready", "queues": len(list(watcher.queues()))})
         return json_response(503, {"status": "not ready",
                                    "reason": f"no successful poll of {where}"})

@@ -27,7 +27,8 @@ _ROLES = ("worker_up", "worker_inflight", "worker_concurrency", "worker_last_hea
 
 
 class _Worker:
-    __slots__ = ("children", "inflight", "interval_s", "label", "labels", "last_seen", "stopped")
+    __slots__ = ("children", "inflight", "interval_s", "label", "labels", "last_beat",
+                 "last_seen", "stopped")
 
     def __init__(
         self, label: str, labels: dict[str, tuple[str, ...]], children: dict[str, Any],
@@ -37,7 +38,8 @@ class _Worker:
         self.labels = labels  # role -> the label values of its child
         self.children = children
         self.interval_s = interval_s
-        self.last_seen = time.time()
+        self.last_seen = time.time()  # when a signal about it arrived
+        self.last_beat = self.last_seen  # when it says it last beat
         self.inflight = 0
         self.stopped = False
 
@@ -93,7 +95,7 @@ class WorkerGauges:
     def ready(self, worker_id: str, namespace: str, concurrency: int | None) -> None:
         worker = self._get(worker_id, namespace)
         worker.stopped = False
-        worker.last_seen = time.time()
+        worker.last_seen = worker.last_beat = time.time()
         worker.children["worker_up"].set(1)
         if concurrency is not None:
             worker.children["worker_concurrency"].set(concurrency)
@@ -104,7 +106,10 @@ class WorkerGauges:
     ) -> None:
         worker = self._get(worker_id, namespace)
         worker.stopped = False
+        # Staleness is judged by when the worker says it beat: a heartbeat read long after it
+        # was written (a sidecar starting next to a dead worker's last key) is not fresh.
         worker.last_seen = time.time()
+        worker.last_beat = min(worker.last_seen, timestamp)
         if interval_s:
             worker.interval_s = interval_s
         worker.inflight = inflight
@@ -151,7 +156,9 @@ class WorkerGauges:
             age = now - worker.last_seen
             if age > forget_after:
                 self._remove(worker_id, worker)
-            elif not worker.stopped and age > stale_factor * worker.interval_s:
+            elif not worker.stopped and (
+                now - worker.last_beat > stale_factor * worker.interval_s
+            ):
                 worker.children["worker_up"].set(0)
 
     def _remove(self, worker_id: str, worker: _Worker) -> None:

@@ -317,7 +317,7 @@ class MetricsSink:
                 self._child(role, *(labels[k] for k in self._specs[role].keys)).set(value)
 
     def _forget_queue(self, labels: dict[str, str]) -> None:
-        """Drop a vanished queue's gauges and free its label slot (its counters stay)."""
+        """Drop a vanished queue's gauges (its counters stay)."""
         for role in _QUEUE_GAUGES:
             spec = self._specs.get(role)
             if spec is None:
@@ -326,8 +326,7 @@ class MetricsSink:
             self._children.pop((role, values), None)
             with contextlib.suppress(KeyError):
                 self._metrics[role].remove(*values)
-        if labels["queue"] != OVERFLOW:
-            self._limits["queue"].forget(labels["queue"])
+        # The label slot stays taken: the queue's task counters still use it.
 
     def on_schedule_due(self, event: ev.ScheduleEntryDue, trace_id: str | None) -> None:
         self._child("schedule_due", self._admit("schedule", event.entry_id)).inc()

@@ -102,10 +102,11 @@ def test_queue_snapshots_count_like_stem_and_vanished_queues_are_dropped(
                                          int((now + 60) * 1000)})
     client.lpush(KEYS.dead("reports"), dead_letter("d1", dead_at=now - 30, queue="reports"))
     client.xadd(KEYS.stream("stem.control.broadcast"), envelope.stream_fields())
-    watcher = make_watcher(client)
+    client.xadd(KEYS.stream("billing.control.v2"), envelope.stream_fields())  # a user queue
+    watcher = make_watcher(client, discover_interval_s=0)
     watcher.poll_once(now)
     snapshots = {s.queue: s for s in seen.of(ev.QueueSnapshot)}
-    assert set(snapshots) == {"emails", "reports"}  # control queues are left out
+    assert set(snapshots) == {"emails", "reports", "billing.control.v2"}  # not Stem's control
     emails = snapshots["emails"]
     assert (emails.pending, emails.inflight, emails.delayed, emails.delayed_overdue,
             emails.dead_letters) == (3, 1, 2, 1, 0)

@@ -34,6 +34,7 @@ TQ = {"task": "emails.send", "queue": "emails"}
 W = {"worker": "w-1", "namespace": "stem"}
 Q = {"queue": "emails", "namespace": "stem"}
 S = {"schedule": "nightly"}
+BEAT = round(time.time(), 3)
 
 Changes = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -86,10 +87,10 @@ CASES: list[tuple[ev.Event, Changes]] = [
     (ev.TaskHeartbeat(**TASK, progress=0.5), changes()),
     (ev.WorkerReady(worker_id="w-1", concurrency=8),
      changes(("stem_worker_up", W, 1), ("stem_worker_concurrency", W, 8))),
-    (ev.WorkerHeartbeat(worker_id="w-1", timestamp=1234.5, inflight=3, concurrency=4), changes(
+    (ev.WorkerHeartbeat(worker_id="w-1", timestamp=BEAT, inflight=3, concurrency=4), changes(
         ("stem_worker_up", W, 1), ("stem_worker_inflight", W, 3),
         ("stem_worker_concurrency", W, 4),
-        ("stem_worker_last_heartbeat_timestamp_seconds", W, 1234.5))),
+        ("stem_worker_last_heartbeat_timestamp_seconds", W, BEAT))),
     (ev.QueueSnapshot(queue="emails", pending=7, inflight=2, delayed=4, delayed_overdue=1,
                       oldest_pending_age_s=42.0, dead_letters=5, oldest_dead_letter_age_s=60.0),
      changes(("stem_queue_depth", Q, 7), ("stem_queue_inflight", Q, 2),

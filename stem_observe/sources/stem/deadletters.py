@@ -1,11 +1,13 @@
-"""New dead-letter entries -> ``task-dead-lettered``, robust to replays and purges.
+"""New dead-letter entries -> ``task-dead-lettered``, robust to replays, purges and skew.
 
-Stem ``LPUSH``es dead letters, so new entries are at the head; replay and purge ``LREM``
-entries anywhere, so the list's length says nothing about what is new. Each poll reads
-from the head until it reaches entries older than what was already seen (minus a slack for
-clocks of different workers), and an entry is new when its ``(task id, deadAt)`` was not
-seen before. A poll with ``prime=True`` (the watcher's first) only records what is there:
-history is not news.
+Stem ``LPUSH``es dead letters, so the list is in push order, newest first; replay and purge
+``LREM`` entries anywhere but never reorder the rest. So each poll reads from the head and
+stops at the first entry it has seen before: everything after it was pushed earlier. No
+clock is involved, so workers with skewed clocks lose nothing. Only when every remembered
+entry was removed meanwhile does a ``deadAt`` cut-off (minus a slack) end the walk.
+
+The watcher's first poll only notes each list's head: history is not news. At most
+``_MAX_PER_POLL`` entries are read per queue and poll; a longer burst is counted as dropped.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ class _QueueState:
 
     def __init__(self) -> None:
         self.newest = float("-inf")
+        # (task id, deadAt) of the most recently pushed entries, oldest first.
         self.seen: OrderedDict[tuple[str, float], None] = OrderedDict()
+
+    def remember(self, letters: list[DeadLetter]) -> None:
+        """Note ``letters`` (newest first, as read)."""
+        for letter in reversed(letters):
+            self.seen[(letter.envelope.id, letter.dead_at)] = None
+            self.newest = max(self.newest, letter.dead_at)
+        while len(self.seen) > _MAX_SEEN:
+            self.seen.popitem(last=False)
 
 
 class DeadLetterTracker:
@@ -41,11 +52,13 @@ class DeadLetterTracker:
     def __init__(
         self, client: redis.Redis, keys: StemKeys, emit: Callable[[ev.Event], None],
         on_parse_error: Callable[[ParseError], None],
+        on_dropped: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._emit = emit
         self._on_parse_error = on_parse_error
+        self._on_dropped = on_dropped
         self._queues: dict[str, _QueueState] = {}
 
     def forget(self, queue: str) -> None:
@@ -56,35 +69,34 @@ class DeadLetterTracker:
         state = self._queues.get(queue)
         if state is None:
             state = self._queues[queue] = _QueueState()
-        new: list[DeadLetter] = []
         key = self._keys.dead(queue)
-        start = 0
-        while start < _MAX_PER_POLL:
+        if prime:
+            head = self._parse(self._client.lindex(key, 0))
+            if head is not None:
+                state.remember([head])
+            return 0
+        new: list[DeadLetter] = []
+        start, boundary = 0, False
+        while start < _MAX_PER_POLL and not boundary:
             raws = self._client.lrange(key, start, start + _PAGE - 1)
-            if not raws:
-                break
-            older = False
             for raw in raws:
-                try:
-                    letter = parse_dead_letter(raw)
-                except ParseError as exc:
-                    self._on_parse_error(exc)
+                letter = self._parse(raw)
+                if letter is None:
                     continue
-                if letter.dead_at < state.newest - _SLACK_S:
-                    older = True
+                if (letter.envelope.id, letter.dead_at) in state.seen or (
+                    # every remembered entry was removed: fall back to the clock
+                    len(new) >= _PAGE and letter.dead_at < state.newest - _SLACK_S
+                ):
+                    boundary = True
                     break
-                if (letter.envelope.id, letter.dead_at) not in state.seen:
-                    new.append(letter)
-            if older or len(raws) < _PAGE:
+                new.append(letter)
+            if len(raws) < _PAGE:
                 break
             start += _PAGE
-        for letter in new:
-            state.seen[(letter.envelope.id, letter.dead_at)] = None
-            state.newest = max(state.newest, letter.dead_at)
-        while len(state.seen) > _MAX_SEEN:
-            state.seen.popitem(last=False)
-        if prime:
-            return 0
+        else:
+            if not boundary and self._on_dropped is not None:
+                self._on_dropped("dead_letter_burst")  # more new entries than one poll reads
+        state.remember(new)
         for letter in reversed(new):  # oldest first
             envelope = letter.envelope
             self._emit(ev.TaskDeadLettered(
@@ -94,3 +106,12 @@ class DeadLetterTracker:
                 reason=letter.reason or "unknown", error=letter.error,
             ))
         return len(new)
+
+    def _parse(self, raw: object) -> DeadLetter | None:
+        if not isinstance(raw, bytes | str):
+            return None
+        try:
+            return parse_dead_letter(raw)
+        except ParseError as exc:
+            self._on_parse_error(exc)
+            return None

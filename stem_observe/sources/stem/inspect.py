@@ -17,6 +17,7 @@ consumer group has never been read, so all its entries are pending.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from stem_observe.sources.stem.wire import DeadLetter, ParseError, parse_dead_le
 __all__ = ["QueueStats", "discover_queues", "queue_stats"]
 
 _SCAN_COUNT = 1000
+# Stem's control-plane queues: <worker ns>.control.worker.<id> | .broadcast | .reply.<id>
+_CONTROL = re.compile(r"\.control\.(?:worker\.|broadcast$|reply\.)")
 _NO_GROUP = "no-group"
 
 
@@ -77,7 +80,7 @@ def discover_queues(
             if queue is not None:
                 queues.setdefault(queue, [])
     if not include_control:
-        queues = {q: s for q, s in queues.items() if ".control." not in q}
+        queues = {q: s for q, s in queues.items() if not _CONTROL.search(q)}
     return queues
 
 

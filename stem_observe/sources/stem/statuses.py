@@ -20,6 +20,7 @@ any order, produce the events once.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -62,35 +63,92 @@ class StatusTracker:
         self._max_tasks = max_tasks
         self._seen: OrderedDict[str, tuple[Version, str]] = OrderedDict()
         self._max_retries: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self.overflowed = 0  # tasks let go while possibly still changing (see observe)
+        # One lock around deciding *and* sending, so two threads that see two versions of
+        # a task send their events in version order.
+        self._lock = threading.RLock()
         self.transitions = 0
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def observe(
-        self, record: StatusRecord, *, prime: bool = False, since: float | None = None
+        self, record: StatusRecord, *, prime: bool = False, since: float | None = None,
+        horizon: float | None = None,
     ) -> int:
-        """Emit the events ``record`` is news of; returns how many transitions it was."""
+        """Emit the events ``record`` is news of; returns how many transitions it was.
+
+        ``horizon``: records last updated before it were visible to an earlier complete
+        scan, so a scan that meets one it does not remember knows it is not news. Memory is
+        then needed only for records changed since (``max_tasks`` of them); past that, a
+        record let go may be sent again, and ``overflowed`` counts the risk.
+        """
+        if record.state == "retried" and _rescheduled(record):
+            return 0  # rate-limited or paused: Stem sends no task-retry, the attempt stays
         version = _version(record)
         with self._lock:
             previous = self._seen.get(record.id)
             if previous is not None and previous[0] >= version:
                 return 0
-            self._seen[record.id] = (version, record.state)
-            self._seen.move_to_end(record.id)
-            while len(self._seen) > self._max_tasks:
-                old_id, _ = self._seen.popitem(last=False)
-                self._max_retries.pop(old_id, None)
-            if record.state == "queued" and record.max_retries:
-                self._max_retries[record.id] = record.max_retries
+            if previous is None and horizon is not None and (
+                (record.updated_at or 0.0) < horizon
+            ):
+                return 0  # seen by an earlier full scan, and forgotten since
+            self._remember(record, version)
+            if previous is not None and previous[1] == record.state and (
+                previous[0][0] == record.attempt
+            ):
+                return 0  # rewritten, not changed (a dead-letter replay touches the record)
+            updated = record.updated_at or 0.0
+            if prime and (since is None or updated < since):
+                return 0
             max_retries = self._max_retries.get(record.id, record.max_retries)
-        if prime and (since is None or (record.updated_at or 0.0) < since):
+            count = self._infer_retries(record, previous, max_retries, since)
+            saw_running = previous is not None and previous[0][0] == record.attempt and (
+                previous[1] == "running")
+            count += self._transition(record, max_retries, saw_running)
+            self.transitions += count
+            return count
+
+    def _remember(self, record: StatusRecord, version: Version) -> None:
+        self._seen[record.id] = (version, record.state)
+        self._seen.move_to_end(record.id)
+        while len(self._seen) > self._max_tasks:
+            old_id, (_, old_state) = self._seen.popitem(last=False)
+            self._max_retries.pop(old_id, None)
+            if old_state not in ("succeeded", "failed", "cancelled"):
+                self.overflowed += 1
+        if record.state == "queued" and record.max_retries:
+            self._max_retries[record.id] = record.max_retries
+
+    def _infer_retries(
+        self, record: StatusRecord, previous: tuple[Version, str] | None, max_retries: int,
+        since: float | None,
+    ) -> int:
+        """``task-retry`` for attempts whose ``retried`` version was overwritten unseen.
+
+        Stem retries within seconds; a scan every minute sees only the latest attempt. An
+        attempt number beyond the last one seen means each attempt in between was retried
+        (unless the last one seen had ended for good: then it is a dead-letter replay).
+        """
+        if previous is not None:
+            (last_attempt, _, _), last_state = previous
+            if last_state in ("succeeded", "failed", "cancelled"):
+                return 0
+            first = last_attempt if last_state != "retried" else last_attempt + 1
+        elif since is not None and (record.created_at or 0.0) >= since:
+            first = 0  # a task born after the watcher started: all its retries are news
+        else:
             return 0
-        saw_running = previous is not None and previous[0][0] == record.attempt and (
-            previous[1] == "running")
-        count = self._transition(record, max_retries, saw_running)
-        self.transitions += count
+        count = 0
+        for attempt in range(first, record.attempt):
+            self._emit(ev.TaskRetry(
+                occurred_at=record.updated_at or 0.0, task_id=record.id,
+                task_name=record.task_name, queue=record.queue, attempt=attempt,
+                max_retries=max_retries, worker_id=None,
+                reason="retried (seen from the next attempt)",
+            ))
+            count += 1
         return count
 
     def _transition(self, record: StatusRecord, max_retries: int, saw_running: bool) -> int:
@@ -135,8 +193,7 @@ class StatusTracker:
                 runtime_s=_runtime(started_at, end),
             ))
         elif state == "retried":
-            delay_ms = record.meta.get("retryDelayMs")
-            delay_s = delay_ms / 1000 if isinstance(delay_ms, int | float) else None
+            delay_s = _seconds_from_ms(record.meta.get("retryDelayMs"))
             at = updated_at or 0.0
             self._emit(ev.TaskRetry(
                 occurred_at=at, **common,
@@ -162,3 +219,21 @@ def _runtime(started_at: float | None, ended_at: float | None) -> float | None:
     if started_at is None or ended_at is None or ended_at < started_at:
         return None
     return ended_at - started_at
+
+
+def _rescheduled(record: StatusRecord) -> bool:
+    """A ``retried`` record Stem writes for a rate-limited or paused task (no attempt used)."""
+    meta = record.meta
+    if any(meta.get(key) for key in ("rateLimited", "groupRateLimited", "queuePaused")):
+        return True
+    return "retryAfterMs" in meta and "retryDelayMs" not in meta
+
+
+def _seconds_from_ms(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value) / 1000
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

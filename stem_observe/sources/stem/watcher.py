@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -36,7 +37,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from stem_observe import events as ev
 from stem_observe.signals import emit
 from stem_observe.sources.stem.deadletters import DeadLetterTracker
-from stem_observe.sources.stem.inspect import discover_queues, queue_stats
+from stem_observe.sources.stem.inspect import QueueStats, discover_queues, queue_stats
 from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.statuses import StatusTracker
 from stem_observe.sources.stem.wire import ParseError, parse_heartbeat, parse_status
@@ -46,6 +47,7 @@ __all__ = ["StemWatcher", "WatcherOptions"]
 logger = logging.getLogger("stem_observe.sources.stem")
 
 Notifications = Literal["auto", "on", "off", "enable"]
+T = TypeVar("T")
 _BATCH = 1000
 _LOG_EVERY_S = 60.0
 
@@ -59,7 +61,12 @@ class WatcherOptions:
     heartbeat_interval_s: float = 10.0
     """Stem's worker heartbeat interval (heartbeats do not carry it)."""
     notifications: Notifications = "auto"
+    discover_interval_s: float = 30.0
+    """How often queues are rediscovered by ``SCAN`` (the whole keyspace); between, the
+    known queues (and any a heartbeat names) are counted."""
     include_control_queues: bool = False
+    clock_skew_s: float = 60.0
+    """How far Stem workers' clocks may be from the sidecar's (``updatedAt`` is theirs)."""
     max_tasks: int = 200_000
     """Status records remembered to de-duplicate transitions."""
 
@@ -85,8 +92,14 @@ class _Metrics:
         self.notifications = Gauge(
             "stem_observe_stem_keyspace_notifications",
             "1 when status changes arrive by keyspace notifications.", registry=registry)
+        self.step_errors = Counter(
+            "stem_observe_stem_step_errors", "Poll steps that failed on bad data and were "
+            "skipped, by step.", ["step"], registry=registry)
+        self.dropped = Counter(
+            "stem_observe_stem_dropped", "Items the watcher saw but could not send, by "
+            "kind.", ["kind"], registry=registry)
         self.all = (self.parse_errors, self.transitions, self.poll_seconds, self.redis_up,
-                    self.queues, self.notifications)
+                    self.queues, self.notifications, self.step_errors, self.dropped)
 
 
 class StemWatcher:
@@ -110,10 +123,18 @@ class StemWatcher:
         self.registry = registry
         self.metrics = _Metrics(registry)
         self.statuses = StatusTracker(self._emit, max_tasks=self.options.max_tasks)
-        self.dead_letters = DeadLetterTracker(client, self.keys, self._emit, self._parse_error)
+        self.dead_letters = DeadLetterTracker(
+            client, self.keys, self._emit, self._parse_error,
+            lambda kind: self.metrics.dropped.labels(kind).inc(),
+        )
         self._queues: dict[str, list[str]] = {}
         self._dead_marks: dict[str, tuple[int, bytes | None]] = {}
         self._heartbeats: dict[str, float] = {}  # worker id -> last timestamp sent
+        self._heartbeat_lock = threading.Lock()
+        self._stored: set[str] = set()  # workers whose heartbeat key was there last poll
+        self._discovered_at: float | None = None
+        self._last_scan_started: float | None = None
+        self._overflow_reported = 0
         self._stop = threading.Event()
         self._reconcile_now = threading.Event()
         self._wake = threading.Event()  # ends the poller's wait early (stop, reconcile now)
@@ -160,15 +181,49 @@ class StemWatcher:
     # ----------------------------------------------------------------- poller
 
     def poll_once(self, now: float | None = None) -> None:
-        """One cycle: queues, dead letters, heartbeats, and a reconcile when due."""
+        """One cycle: heartbeats, queues and dead letters.
+
+        Each step runs on its own: bad data under one key (a wrong type, say) is logged
+        and skipped and does not stop the others. Only a lost connection raises.
+        """
         started = time.perf_counter()
         now = time.time() if now is None else now
-        heartbeat_queues = self._poll_heartbeats(now)
-        queues = discover_queues(
-            self.client, self.keys, include_control=self.options.include_control_queues,
-            extra=heartbeat_queues,
-        )
-        stats = queue_stats(self.client, self.keys, queues, now=now)
+        heartbeat_queues = self._step("heartbeats", lambda: self._poll_heartbeats(now)) or []
+        queues = self._queues
+        if self._discovered_at is None or (
+            now - self._discovered_at >= self.options.discover_interval_s
+        ) or set(heartbeat_queues) - set(queues):
+            found = self._step("discovery", lambda: discover_queues(
+                self.client, self.keys, include_control=self.options.include_control_queues,
+                extra=heartbeat_queues,
+            ))
+            if found is not None:
+                queues, self._discovered_at = found, now
+        stats = self._step("queues", lambda: queue_stats(self.client, self.keys, queues,
+                                                         now=now)) or {}
+        self._send_queues(stats, now)
+        for gone in set(self._queues) - set(queues):
+            self._emit(ev.QueueSnapshot(occurred_at=now, queue=gone,
+                                        namespace=self.keys.broker, gone=True))
+            self.dead_letters.forget(gone)
+            self._dead_marks.pop(gone, None)
+        self._queues = queues
+        self.metrics.queues.set(len(queues))
+        self.polls += 1
+        self.metrics.poll_seconds.observe(time.perf_counter() - started)
+
+    def _step(self, name: str, step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception as exc:  # bad data, a wrong key type, a bug: skip this step only
+            self.metrics.step_errors.labels(name).inc()
+            self._log(f"step:{name}", "Stem watcher %s step failed (%s); the rest goes on",
+                      name, exc)
+            return None
+
+    def _send_queues(self, stats: dict[str, QueueStats], now: float) -> None:
         for name, entry in stats.items():
             for error in entry.parse_errors:
                 self._parse_error(error)
@@ -182,17 +237,9 @@ class StemWatcher:
             # Read the list only when it changed: a new entry changes its head.
             mark = (entry.dead_letters, entry.newest_dead_letter_raw)
             if entry.dead_letters and self._dead_marks.get(name) != mark:
-                self.dead_letters.poll(name, prime=self.polls == 0)
+                self._step("dead_letters", functools.partial(
+                    self.dead_letters.poll, name, prime=self.polls == 0))
             self._dead_marks[name] = mark
-        for gone in set(self._queues) - set(queues):
-            self._emit(ev.QueueSnapshot(occurred_at=now, queue=gone,
-                                        namespace=self.keys.broker, gone=True))
-            self.dead_letters.forget(gone)
-            self._dead_marks.pop(gone, None)
-        self._queues = queues
-        self.metrics.queues.set(len(queues))
-        self.polls += 1
-        self.metrics.poll_seconds.observe(time.perf_counter() - started)
 
     def _poll_loop(self) -> None:
         backoff = 0.5
@@ -203,7 +250,6 @@ class StemWatcher:
                 self.metrics.redis_up.set(0)
                 self.ready.clear()
                 self._log("poll", "Stem watcher cannot reach Redis (%s); retrying", exc)
-                self._request_reconcile()
                 self._wake.wait(backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, self.options.poll_interval_s)
@@ -239,20 +285,35 @@ class StemWatcher:
             self._reconcile_now.clear()
 
     def reconcile(self, *, prime: bool = False) -> int:
-        """Scan every status record; returns the transitions it found."""
+        """Scan every status record; returns the transitions it found.
+
+        A record last updated before the previous complete scan began (less the allowed
+        clock skew) was already seen by that scan, so it is skipped without being kept in
+        memory; only recent records need remembering.
+        """
+        scan_started = time.time()
+        horizon = None
+        if self._last_scan_started is not None:
+            horizon = self._last_scan_started - self.options.clock_skew_s
         found = 0
         batch: list[str] = []
         for raw in self.backend.scan_iter(match=self.keys.result_pattern(), count=_BATCH):
+            if self._stop.is_set():
+                return found
             batch.append(raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes)
                          else str(raw))
             if len(batch) >= _BATCH:
-                found += self._read_statuses(batch, "reconcile", prime=prime)
+                found += self._read_statuses(batch, "reconcile", prime=prime, horizon=horizon)
                 batch = []
         if batch:
-            found += self._read_statuses(batch, "reconcile", prime=prime)
+            found += self._read_statuses(batch, "reconcile", prime=prime, horizon=horizon)
+        self._last_scan_started = scan_started
         return found
 
-    def _read_statuses(self, keys: list[str], source: str, *, prime: bool = False) -> int:
+    def _read_statuses(
+        self, keys: list[str], source: str, *, prime: bool = False,
+        horizon: float | None = None,
+    ) -> int:
         values = self.backend.mget(keys)
         found = 0
         for key, raw in zip(keys, values, strict=True):
@@ -265,9 +326,17 @@ class StemWatcher:
                 continue
             if not record.known_state:
                 self._parse_error(ParseError("status_state", f"unknown state in {key}"))
-            found += self.statuses.observe(record, prime=prime, since=self.started_at)
+            try:
+                found += self.statuses.observe(record, prime=prime, since=self.started_at,
+                                               horizon=horizon)
+            except Exception as exc:  # an odd value in an otherwise valid record
+                self._parse_error(ParseError("status", f"{key}: {exc}"))
         if found:
             self.metrics.transitions.labels(source).inc(found)
+        overflowed = self.statuses.overflowed - self._overflow_reported
+        if overflowed > 0:
+            self._overflow_reported += overflowed
+            self.metrics.dropped.labels("status_cache").inc(overflowed)
         return found
 
     # ----------------------------------------------------------------- listener
@@ -288,6 +357,11 @@ class StemWatcher:
             self._log("config", "cannot read keyspace-notification settings (%s); "
                       "relying on reconcile scans", exc)
             return mode == "on"
+        if not has and mode != "on":
+            self._log("notifications-off", "Redis keyspace notifications are off: task "
+                      "transitions are seen only by reconcile scans (every %ss), and quick "
+                      "retries can only be inferred; run with --notifications enable or set "
+                      "notify-keyspace-events to K$", self.options.reconcile_interval_s)
         return has or mode == "on"
 
     def _channels(self) -> tuple[list[str], list[str]]:
@@ -303,6 +377,8 @@ class StemWatcher:
         while not self._stop.is_set():
             pubsubs: list[Any] = []
             try:
+                self.notifications_on = self._setup_notifications()  # again after a restart
+                self.metrics.notifications.set(1 if self.notifications_on else 0)
                 patterns, channels = self._channels()
                 # Keyspace events come from the backend; Stem publishes heartbeats through
                 # the broker's Redis (as `stem worker status --follow` reads them).
@@ -321,7 +397,7 @@ class StemWatcher:
                 self._request_reconcile()  # whatever happened while unsubscribed
                 backoff = 0.5
                 self._listen(pubsubs)
-            except redis.RedisError as exc:
+            except Exception as exc:  # never let the listener die: resubscribe
                 self.listening.clear()
                 self._log("listen", "Stem watcher lost its Redis subscription (%s); "
                           "resubscribing", exc)
@@ -381,17 +457,22 @@ class StemWatcher:
             alive.add(worker_id)
             queues.update(event.queues)
             self._send_heartbeat(event)
-        for worker_id in set(self._heartbeats) - alive:
+        for worker_id in self._stored - alive:
             # Its heartbeat key expired (60 s after the last beat): the worker is gone.
-            del self._heartbeats[worker_id]
+            # (Workers seen only on the pub/sub channel age out through their timestamps.)
+            with self._heartbeat_lock:
+                self._heartbeats.pop(worker_id, None)
             self._emit(ev.WorkerShutdown(occurred_at=now, worker_id=worker_id,
                                          reason="heartbeat-expired", gone=True))
+        self._stored = alive
         return sorted(queues)
 
     def _send_heartbeat(self, event: ev.WorkerHeartbeat) -> None:
-        if self._heartbeats.get(event.worker_id) == event.timestamp:
-            return  # already sent (stored key and pub/sub carry the same beat)
-        self._heartbeats[event.worker_id] = event.timestamp
+        with self._heartbeat_lock:
+            last = self._heartbeats.get(event.worker_id)
+            if last is not None and event.timestamp <= last:
+                return  # already sent, or older (stored key and pub/sub race)
+            self._heartbeats[event.worker_id] = event.timestamp
         if event.interval_s is None:
             event = dataclasses.replace(event, interval_s=self.options.heartbeat_interval_s)
         self._emit(event)
@@ -410,6 +491,11 @@ class StemWatcher:
         if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             self._last_log[key] = now
             logger.warning(message, *args)
+
+    def healthy(self) -> bool:
+        """Ready (the last poll reached Redis) and every thread still running."""
+        return self.ready.is_set() and bool(self._threads) and all(
+            thread.is_alive() for thread in self._threads)
 
     def queues(self) -> Iterable[str]:
         return list(self._queues)
