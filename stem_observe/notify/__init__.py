@@ -1,11 +1,12 @@
 """Notifications: alerts to Slack, PagerDuty, webhooks and Alertmanager, delivered reliably.
 
 ``model`` holds the values (:class:`Alert`, :class:`Notification`); ``base`` the
-:class:`Receiver` protocol, the delivery policy (backoff, ``Retry-After``, dead letters,
-self-metrics) and :class:`Secret`; ``dispatch`` the per-receiver delivery threads and the
-dedup log; ``slack``, ``pagerduty``, ``webhook``, ``alertmanager`` the receivers;
-``signing`` Standard Webhooks signatures; ``recording`` a test double and a console
-receiver; ``config`` builds receivers from settings; ``clock`` and ``pacing`` carry time.
+:class:`Receiver` protocol and the delivery policy (backoff, ``Retry-After``, dead letters,
+self-metrics); ``secret`` the :class:`Secret` wrapper; ``dispatch`` the per-receiver
+delivery threads and the dedup log; ``slack``, ``pagerduty``, ``webhook`` and
+``alertmanager`` the receivers; ``signing`` Standard Webhooks signatures; ``recording`` a
+test double and a console receiver; ``config`` builds receivers from settings; ``clock``
+and ``pacing`` carry time.
 """
 
 from stem_observe.notify.alertmanager import AlertmanagerReceiver

@@ -13,9 +13,11 @@ import httpx
 
 from stem_observe.config import to_seconds
 from stem_observe.errors import ConfigError
-from stem_observe.notify.base import DeliveryError, ErrorKind, Secret, redact, register_secret_text
+from stem_observe.notify.base import DeliveryError, ErrorKind, Receipt
 from stem_observe.notify.clock import Clock
+from stem_observe.notify.model import Notification
 from stem_observe.notify.pacing import Pacer
+from stem_observe.notify.secret import Secret, redact, register_secret_text
 
 __all__ = [
     "BODY_LIMIT",
@@ -62,7 +64,9 @@ def check_url(url: str | Secret, *, key: str, secret: bool) -> httpx.URL:
         raise ConfigError(key, f"{shown} is not an http(s) URL")
     if secret:
         register_secret_text(str(parsed))
-        register_secret_text(parsed.raw_path.decode("ascii", "replace"))
+        path = parsed.raw_path.decode("ascii", "replace")
+        if len(path) >= 16:  # a token-bearing path (Slack's); short ones would over-redact
+            register_secret_text(path)
     return parsed
 
 
@@ -195,6 +199,9 @@ class HttpReceiver:
         self.pacer = pacer
         self.clock = clock
         self._client = make_client(self.timeout_s, transport, headers)
+
+    def send(self, notification: Notification) -> Receipt:
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close the client (its pooled connections)."""

@@ -27,7 +27,7 @@ from stem_observe.notify.webhook import WebhookReceiver
 __all__ = ["RECEIVER_TYPES", "build_receiver"]
 
 _RENAMES: Final = {"timeout": "timeout_s", "trace_url": "trace_url_template",
-                   "firing_ttl": "firing_ttl_s"}
+                   "firing_ttl": "firing_ttl_s", "throttle_wait": "throttle_wait_s"}
 
 _STR, _BOOL, _NUM, _INT, _LIST, _MAP = "str", "bool", "number", "int", "list", "mapping"
 _DURATION = "duration"
@@ -38,7 +38,8 @@ _KEYS: Final[Mapping[str, Mapping[str, str]]] = {
     "pagerduty": {"routing_key": _STR, "routing_key_env": _STR, "url": _STR,
                   "send_resolved": _BOOL, "source": _STR, "severity": _STR,
                   "severity_label": _STR, "client_url": _STR, "trace_url": _STR,
-                  "timeout": _DURATION, "rate_per_s": _NUM, "burst": _INT},
+                  "timeout": _DURATION, "throttle_wait": _DURATION, "rate_per_s": _NUM,
+                  "burst": _INT},
     "webhook": {"url": _STR, "url_env": _STR, "secrets": _LIST, "secret_envs": _LIST,
                 "hub_secret": _STR, "max_alerts": _INT, "send_resolved": _BOOL,
                 "external_url": _STR, "headers": _MAP, "timeout": _DURATION},

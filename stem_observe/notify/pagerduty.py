@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
+from stem_observe.config import to_seconds
 from stem_observe.errors import ConfigError
 from stem_observe.notify._http import HttpReceiver, check_url, classify, post
 from stem_observe.notify.base import Receipt, Secret
@@ -179,7 +180,9 @@ class PagerDutyReceiver(HttpReceiver):
     """Sends Events v2 to ``url`` (PagerDuty's by default; tests point it elsewhere).
 
     ``routing_key`` (or ``routing_key_env``) is secret. ``severity`` is the default when
-    the first firing alert has no ``severity_label`` label. Requests per routing key are
+    the first firing alert has no ``severity_label`` label. A ``429`` without
+    ``Retry-After`` is retried after ``throttle_wait_s`` (PagerDuty suggests 30 s), and holds
+    back every event for that routing key meanwhile. Requests per routing key are
     paced to ``rate_per_s`` (PagerDuty allows about 120 a minute) with ``burst``.
     """
 
@@ -191,7 +194,8 @@ class PagerDutyReceiver(HttpReceiver):
         send_resolved: bool = True, source: str = "stem-observe", severity: str = "error",
         severity_label: str = "severity", client_url: str | None = None,
         trace_url_template: str | None = None, timeout_s: float | str = 10.0,
-        rate_per_s: float = 2.0, burst: int = 20, pacer: Pacer | None = None,
+        throttle_wait_s: float | str = 30.0, rate_per_s: float = 2.0, burst: int = 20,
+        pacer: Pacer | None = None,
         transport: httpx.BaseTransport | None = None, clock: Clock = SYSTEM_CLOCK,
         environ: Mapping[str, str] | None = None,
     ) -> None:
@@ -205,6 +209,7 @@ class PagerDutyReceiver(HttpReceiver):
         self.severity: Severity = map_severity(severity)
         self.severity_label = severity_label
         self.source = source
+        self.throttle_wait_s = to_seconds(throttle_wait_s, key=f"{prefix}.throttle_wait")
         self.client_url = client_url
         self.trace_url_template = check_trace_template(
             trace_url_template, key=f"{prefix}.trace_url")
@@ -226,8 +231,11 @@ class PagerDutyReceiver(HttpReceiver):
         response = post(self._client, self._url, integration="pagerduty", content=body,
                         headers={"Content-Type": "application/json"})
         if not response.is_success:
-            raise classify(response, integration="pagerduty", clock=self.clock,
-                           retry_codes=(429,), detail=_error_details(response))
+            error = classify(response, integration="pagerduty", clock=self.clock,
+                             retry_codes=(429,), detail=_error_details(response))
+            if error.status_code == 429 and error.retry_after_s is None:
+                error.retry_after_s = self.throttle_wait_s  # PagerDuty: retry ~30 s later
+            raise error
         returned = sent_key
         try:
             data = response.json()

@@ -134,3 +134,13 @@ def test_rfc3339_and_truncate() -> None:
     assert truncate("abc", 3) == "abc"
     assert truncate("ééééé", 3) == "éé…"
     assert len(truncate("x" * 5000, 1024)) == 1024
+
+
+def test_the_notify_package_exports_a_deliberate_list() -> None:
+    import types
+
+    from stem_observe import notify
+
+    public = {name for name, value in vars(notify).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    assert set(notify.__all__) == public
