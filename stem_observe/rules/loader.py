@@ -63,6 +63,7 @@ from stem_observe.rules.model import (
     RECEIVER_OPTIONS,
     RECEIVER_SECRETS,
     RULE_CLASSES,
+    SIGNAL_GAUGES,
     Annotations,
     GaugeCondition,
     InhibitRule,
@@ -84,6 +85,7 @@ _MAX_ROUTE_DEPTH: Final = 10
 _LABEL_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _RECEIVER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 _ANNOTATIONS: Final = tuple(f.name for f in fields(Annotations))
+_GAUGE_FIELDS: Final = frozenset().union(*SIGNAL_GAUGES.values())
 
 _Reader = Callable[["_Loader", Node, str], Any]
 """Reads one value node at a path; returns ``None`` after reporting a problem."""
@@ -120,7 +122,7 @@ def parse_rules(text: str, filename: str = "<string>") -> RuleSet:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -156,6 +158,7 @@ class _Loader:
 
     def read(self, text: str, file: str) -> None:
         self.file = file
+        self._nodes = {}
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
@@ -177,7 +180,7 @@ class _Loader:
                 for i, item in enumerate(items or ()):
                     self.rule(item, f"rules[{i}]")
             elif key == "routing":
-                self.read_routing(value, "routing")
+                self.read_routing(key_node, value, "routing")
             else:
                 self.error(key_node, key, "unknown key; a rules file has rules and routing"
                            + _did_you_mean(key, ("rules", "routing")))
@@ -223,7 +226,7 @@ class _Loader:
             return node
         try:
             return self._constructor.construct_object(node, deep=True)
-        except ConstructorError:
+        except Exception:  # a bad explicit tag (!!int x, !!binary ...): keep the raw text
             return node.value
 
     def show(self, node: Node) -> str:
@@ -279,14 +282,25 @@ class _Loader:
     def number(self, node: Node, path: str) -> float | None:
         value = self.scalar(node)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                float(value)
+            except OverflowError:
+                self.error(node, path, "number too large")
+                return None
+            return value
         self.error(node, path, f"expected a number, got {self.show(node)}")
         return None
 
-    def number_or_duration(self, node: Node, path: str) -> float | None:
+    def threshold(self, node: Node, path: str) -> float | None:
+        """A number, or a duration for a gauge on an age (the caller checks which)."""
         value = self.scalar(node)
         if isinstance(value, str):
-            return self.duration(node, path)
+            try:
+                return to_seconds(value, key=path)
+            except ConfigError:
+                self.error(node, path, "expected a number, or a duration such as 10m for an "
+                                       f"age, got {self.show(node)}")
+                return None
         return self.number(node, path)
 
     def integer(self, node: Node, path: str) -> int | None:
@@ -304,11 +318,12 @@ class _Loader:
         return None
 
     def strings(self, node: Node, path: str) -> tuple[str, ...] | None:
+        """A list of strings; the good ones when some are not (each is reported)."""
         items = self.sequence(node, path)
         if items is None:
             return None
-        values = [self.string(item, f"{path}[{i}]") for i, item in enumerate(items)]
-        return None if None in values else tuple(v for v in values if v is not None)
+        values = (self.string(item, f"{path}[{i}]") for i, item in enumerate(items))
+        return tuple(value for value in values if value is not None)
 
     def labels(self, node: Node, path: str) -> dict[str, str] | None:
         entries = self.mapping(node, path)
@@ -316,8 +331,7 @@ class _Loader:
             return None
         values = {key: self.string(value, _join(path, key))
                   for key, (_, value) in entries.items()}
-        return None if None in values.values() else {
-            k: v for k, v in values.items() if v is not None}
+        return {key: value for key, value in values.items() if value is not None}
 
     def annotations(self, node: Node, path: str) -> Annotations | None:
         entries = self.mapping(node, path)
@@ -325,46 +339,53 @@ class _Loader:
             return None
         self.check_keys(entries, path, _ANNOTATIONS, "annotations")
         templates: dict[str, Template] = {}
-        good = True
         for key, (_, value) in entries.items():
             text = self.string(value, _join(path, key)) if key in _ANNOTATIONS else None
-            if text is None:
-                good = False
-                continue
-            try:
-                templates[key] = Template(text)
-            except ValueError as exc:
-                self.error(value, _join(path, key), str(exc))
-                good = False
-        return Annotations(**templates) if good else None
+            if text is not None:
+                try:
+                    templates[key] = Template(text)
+                except ValueError as exc:
+                    self.error(value, _join(path, key), str(exc))
+        return Annotations(**templates)
 
     def when(self, node: Node, path: str) -> GaugeCondition | None:
         entries = self.mapping(node, path)
         if entries is None:
             return None
-        self.check_keys(entries, path, ("signal", "field", "op", "threshold"), "when")
-        readers: dict[str, _Reader] = {
-            "signal": _Loader.string, "field": _Loader.string, "op": _Loader.string,
-            "threshold": _Loader.number_or_duration,
-        }
-        values = self.read_values(entries, path, readers)
-        missing = [key for key in ("signal", "field", "threshold") if key not in entries]
-        for key in missing:
-            self.error(node, path, f"missing key {key!r} (when: {{signal, field, op, threshold}})")
-        if missing or None in values.values():
+        mark = len(self.problems)
+        self.check_keys(entries, path, _WHEN_KEYS, "when")
+        values = self.read_values(entries, path, _WHEN_KEYS)
+        for key in ("signal", "field", "threshold"):
+            if key not in entries:
+                self.error(node, path, f"missing key {key!r} (when: {{signal, field, op, "
+                                       "threshold}})")
+        self.check_age(entries, path, values)
+        if values.get("signal") is None or values.get("field") is None:
             return None
-        try:
-            return GaugeCondition(**values)
+        try:  # checks signal, field and op even when the threshold was bad
+            condition = GaugeCondition(**{"threshold": 0.0, **values})
         except RulesError as exc:
             for problem in exc.problems:
-                self.error(self.node_for(_join(path, problem.path.removeprefix("when.")), node),
-                           _join(path, problem.path.removeprefix("when.")), problem.message)
+                where = _join(path, problem.path.removeprefix("when."))
+                self.error(self.node_for(where, node), where, problem.message)
             return None
+        return condition if len(self.problems) == mark else None
+
+    def check_age(self, entries: Mapping[str, tuple[Node, Node]], path: str,
+                  values: Mapping[str, Any]) -> None:
+        """A threshold written as a duration needs a gauge on an age (a ``*_s`` field)."""
+        field = values.get("field")
+        if "threshold" in values and field in _GAUGE_FIELDS and not field.endswith("_s") \
+                and isinstance(self.scalar(node := entries["threshold"][1]), str):
+            self.error(node, _join(path, "threshold"),
+                       f"a duration fits only a gauge on an age; {field} is a count")
 
     def read_values(self, entries: Mapping[str, tuple[Node, Node]], path: str,
                     readers: Mapping[str, _Reader]) -> dict[str, Any]:
-        return {key: readers[key](self, value, _join(path, key))
-                for key, (_, value) in entries.items() if key in readers}
+        """Each entry that has a reader, read; bad ones (reported) left out."""
+        values = {key: readers[key](self, value, _join(path, key))
+                  for key, (_, value) in entries.items() if key in readers}
+        return {key: value for key, value in values.items() if value is not None}
 
     # ------------------------------------------------------------------ rules
 
@@ -372,6 +393,7 @@ class _Loader:
         entries = self.mapping(node, path)
         if entries is None:
             return
+        mark = len(self.problems)
         cls: type[Rule] | None = None
         if "kind" not in entries:
             self.error(node, path, f"missing key 'kind' (one of {', '.join(KINDS)})")
@@ -383,66 +405,57 @@ class _Loader:
                            + _did_you_mean(kind, KINDS))
             elif kind is not None:
                 cls = RULE_CLASSES[kind]  # type: ignore[index]
-        allowed = dict(_COMMON_KEYS)
-        if cls is not None:
-            allowed.update(_KIND_KEYS[cls.kind])
-            self.check_keys(entries, path, ["kind", *allowed], f"a {cls.kind} rule")
-        values: dict[str, Any] = {}
-        good = cls is not None
-        for key, (_, value) in entries.items():
-            if key not in allowed:
-                continue
-            read = allowed[key](self, value, f"{path}.{key}")
-            if read is None:
-                good = False
-            else:
-                values[_field_name(key, allowed[key])] = read
+        readers = dict(_COMMON_KEYS)
+        if cls is not None:  # with no kind, its keys cannot be checked: only the common ones
+            readers.update(_KIND_KEYS[cls.kind])
+            self.check_keys(entries, path, ["kind", *readers], f"a {cls.kind} rule")
+        values = {_field_name(key, readers[key]): value
+                  for key, value in self.read_values(entries, path, readers).items()}
         if "name" in values:
             first = self.names.get(values["name"])
             if first is not None:
                 self.error(entries["name"][1], f"{path}.name",
                            f"duplicate rule name {values['name']!r} (first defined at {first})")
-                good = False
             else:
                 self.names[values["name"]] = Location(self.file, node.start_mark.line + 1)
         if cls is None:
             return
+        if cls.kind == "gauge":
+            self.check_age(entries, path, values)
         for f in fields(cls):
-            if f.default is MISSING and f.default_factory is MISSING and f.name not in values \
-                    and _yaml_key(f.name) not in entries:
-                self.error(node, path, f"missing key {_yaml_key(f.name)!r} "
-                                       f"(required for a {cls.kind} rule)")
-                good = False
-        for where, message in cls.check(values):
+            key = _yaml_key(f.name)
+            if f.default is MISSING and f.default_factory is MISSING and key not in entries:
+                self.error(node, path, f"missing key {key!r} (required for a {cls.kind} rule)")
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                    for f in fields(cls) if f.name not in values
+                    and (f.default is not MISSING or f.default_factory is not MISSING)}
+        for where, message in cls.check({**defaults, **values}):
             self.error(self.node_for(f"{path}.{where}", node), f"{path}.{where}", message)
-            good = False
-        if good:
-            values.setdefault("source", Location(self.file, node.start_mark.line + 1))
-            self.rules.append(cls(**values))
+        if len(self.problems) == mark:
+            self.rules.append(cls(**values, source=Location(self.file, node.start_mark.line + 1)))
 
     # ------------------------------------------------------------------ routing
 
-    def read_routing(self, node: Node, path: str) -> None:
-        here = Location(self.file, node.start_mark.line + 1)
+    def read_routing(self, key_node: Node, node: Node, path: str) -> None:
+        here = Location(self.file, key_node.start_mark.line + 1)
         if self.routing_at is not None:
-            self.error(node, path, f"routing is defined twice (first at {self.routing_at})")
+            self.error(key_node, path, f"routing is defined twice (first at {self.routing_at})")
             return
         self.routing_at = here
         entries = self.mapping(node, path)
         if entries is None:
             return
+        mark = len(self.problems)
         self.check_keys(entries, path, ("receivers", "route", "inhibit"), "routing")
-        receivers: dict[str, Receiver] = {}
-        declared: set[str] | None = None  # receiver names, even of invalid receivers
-        good = True
         for key in ("receivers", "route"):
             if key not in entries:
                 self.error(node, path, f"missing key {key!r}")
-                good = False
+        receivers: dict[str, Receiver] = {}
+        declared: set[str] | None = None  # receiver names, invalid receivers' included
         if "receivers" in entries:
             declared = set()
-            good &= self.read_receivers(entries["receivers"][1], f"{path}.receivers",
-                                        receivers, declared)
+            self.read_receivers(entries["receivers"][1], f"{path}.receivers", receivers,
+                                declared)
         route = None
         if "route" in entries:
             route = self.read_route(entries["route"][1], f"{path}.route", None, declared, 0)
@@ -450,100 +463,81 @@ class _Loader:
         if "inhibit" in entries:
             for i, item in enumerate(self.sequence(entries["inhibit"][1], f"{path}.inhibit") or ()):
                 rule = self.read_inhibit(item, f"{path}.inhibit[{i}]")
-                good &= rule is not None
                 inhibit += [rule] if rule is not None else []
-        if good and route is not None:
+        if len(self.problems) == mark and route is not None:
             self.routing = Routing(receivers=receivers, route=route, inhibit=tuple(inhibit),
                                    source=here)
 
     def read_receivers(self, node: Node, path: str, out: dict[str, Receiver],
-                       names: set[str]) -> bool:
+                       names: set[str]) -> None:
         items = self.sequence(node, path)
         if items is None:
-            return False
+            return
         if not items:
             self.error(node, path, "at least one receiver is needed")
-        good = bool(items)
         for i, item in enumerate(items):
             receiver = self.read_receiver(item, f"{path}[{i}]", names)
-            if receiver is None:
-                good = False
-            else:
+            if receiver is not None:
                 out[receiver.name] = receiver
-        return good
 
     def read_receiver(self, node: Node, path: str, names: set[str]) -> Receiver | None:
         entries = self.mapping(node, path)
         if entries is None:
             return None
-        good = True
+        mark = len(self.problems)
         for key in ("name", "kind"):
             if key not in entries:
                 self.error(node, path, f"missing key {key!r}")
-                good = False
-        name = kind = None
-        if "name" in entries:
-            name = self.string(entries["name"][1], f"{path}.name")
-            if name is not None and not _RECEIVER_NAME_RE.match(name):
+        values = self.read_values(entries, path, {"name": _Loader.string, "kind": _Loader.string})
+        name, kind = values.get("name"), values.get("kind")
+        if name is not None:
+            if not _RECEIVER_NAME_RE.match(name):
                 self.error(entries["name"][1], f"{path}.name",
                            "use letters, digits and _ . - (at most 100)")
-                name = None
-            elif name is not None and name in names:
+            elif name in names:
                 self.error(entries["name"][1], f"{path}.name", f"duplicate receiver {name!r}")
-                name = None
-            if name is not None:
-                names.add(name)
-        if "kind" in entries:
-            kind = self.string(entries["kind"][1], f"{path}.kind")
-            if kind is not None and kind not in RECEIVER_KINDS:
-                self.error(entries["kind"][1], f"{path}.kind",
-                           f"must be one of {', '.join(RECEIVER_KINDS)}, got {kind!r}"
-                           + _did_you_mean(kind, RECEIVER_KINDS))
-                kind = None
+            names.add(name)
+        if kind is not None and kind not in RECEIVER_KINDS:
+            self.error(entries["kind"][1], f"{path}.kind",
+                       f"must be one of {', '.join(RECEIVER_KINDS)}, got {kind!r}"
+                       + _did_you_mean(kind, RECEIVER_KINDS))
+            return None
         if kind is None:
             return None
-        options_schema = RECEIVER_OPTIONS[kind]  # type: ignore[index]
-        secrets = RECEIVER_SECRETS[kind]  # type: ignore[index]
-        allowed = ["name", "kind", "timeout", *options_schema, *(f"{s}_env" for s in secrets)]
-        env: dict[str, str] = {}
+        schema, secrets = RECEIVER_OPTIONS[kind], RECEIVER_SECRETS[kind]
         options: dict[str, Any] = {}
-        timeout = 10.0
+        reported: set[str] = set()  # settings whose problem is already told
         for key, (key_node, value) in entries.items():
             where = f"{path}.{key}"
-            read: Any
             if key in ("name", "kind"):
                 continue
-            if key == "timeout":
-                read = self.duration(value, where)
-                timeout = read if read is not None else timeout
-            elif key in options_schema:
-                read = _OPTION_READERS[options_schema[key]](self, value, where)
-                options[key] = read
-            elif key.endswith("_env") and key[:-4] in secrets:
-                read = self.string(value, where)
-                env[key[:-4]] = read or ""
-            elif key in secrets:
+            if key in secrets:
                 self.error(key_node, where, f"is a secret: put it in an environment variable "
-                                            f"and write {key}_env: VARIABLE_NAME")
-                read = None
-            else:
+                                            f"and write {secrets[key]}: VARIABLE_NAME")
+                reported.add(secrets[key])
+            elif key not in schema:
                 self.error(key_node, where, f"unknown key for a {kind} receiver"
-                           + _did_you_mean(key, allowed))
-                read = None
-            good &= read is not None
-        if not good or name is None:
+                           + _did_you_mean(key, ["name", "kind", *schema]))
+            else:
+                read = _OPTION_READERS[schema[key]](self, value, where)
+                if read is None:
+                    reported.add(key)
+                else:
+                    options[key] = read
+        if name is None:
             return None
         try:
-            return Receiver(name=name, kind=kind, env=env,  # type: ignore[arg-type]
-                            options=options, timeout_s=timeout,
-                            source=Location(self.file, node.start_mark.line + 1))
+            receiver = Receiver(name=name, kind=kind, options=options,
+                                source=Location(self.file, node.start_mark.line + 1))
         except RulesError as exc:
             prefix = f"receivers[{name!r}]"
             for problem in exc.problems:
                 key = problem.path[len(prefix) + 1:]
-                self.error(self.node_for(_join(path, key), node), _join(path, key),
-                           problem.message)
+                if key.split("[")[0] not in reported:
+                    where = _join(path, key)
+                    self.error(self.node_for(where, node), where, problem.message)
             return None
+        return receiver if len(self.problems) == mark else None
 
     def read_route(self, node: Node, path: str, parent: Route | None,
                    receivers: set[str] | None, depth: int) -> Route | None:
@@ -553,92 +547,86 @@ class _Loader:
         if depth > _MAX_ROUTE_DEPTH:
             self.error(node, path, f"routes nest deeper than {_MAX_ROUTE_DEPTH} levels")
             return None
-        keys = list(_ROUTE_KEYS)
+        mark = len(self.problems)
+        readers = dict(_ROUTE_KEYS)
         if parent is None:
             for key in ("matchers", "continue"):
                 if key in entries:
                     self.error(entries[key][0], f"{path}.{key}",
                                "the root route matches every alert; put matchers on its routes")
-            keys = [k for k in keys if k not in ("matchers", "continue")]
-        self.check_keys(entries, path, keys, "a route")
-        values = self.read_values(entries, path, {k: _ROUTE_KEYS[k] for k in keys})
-        good = None not in values.values()
-        if parent is None and "receiver" not in entries:
-            self.error(node, path, "missing key 'receiver' (the root route needs one)")
-            good = False
-        if receivers is not None and values.get("receiver") not in (None, *receivers):
+                    del readers[key]
+            if "receiver" not in entries:
+                self.error(node, path, "missing key 'receiver' (the root route needs one)")
+        self.check_keys(entries, path, [*_ROUTE_KEYS, "routes"], "a route")
+        values = self.read_values(entries, path, readers)
+        receiver = values.get("receiver")
+        if receivers is not None and receiver is not None and receiver not in receivers:
             self.error(entries["receiver"][1], f"{path}.receiver",
-                       f"unknown receiver {values['receiver']!r}"
-                       + _did_you_mean(values["receiver"], receivers))
-            good = False
-        for i, label in enumerate(values.get("group_by") or ()):
-            if label != "..." and not _LABEL_NAME_RE.match(label):
-                self.error(self.node_for(f"{path}.group_by[{i}]", node), f"{path}.group_by[{i}]",
-                           f"not a label name: {label!r}")
-                good = False
+                       f"unknown receiver {receiver!r}" + _did_you_mean(receiver, receivers))
+        self.check_label_names(values.get("group_by", ()), f"{path}.group_by", node,
+                               allow=("...",))
         for key in ("group_interval", "repeat_interval"):
             if values.get(key) == 0:
                 self.error(entries[key][1], f"{path}.{key}", "must be positive")
-                good = False
-        if not good:
-            return None
-        settings: dict[str, Any] = {} if parent is None else {
+        settings: dict[str, Any] = {"receiver": ""} if parent is None else {
             "receiver": parent.receiver, "group_by": parent.group_by,
             "group_wait_s": parent.group_wait_s, "group_interval_s": parent.group_interval_s,
             "repeat_interval_s": parent.repeat_interval_s,
             "send_resolved": parent.send_resolved,
         }
-        for key, value in values.items():
-            if key != "routes":
-                settings[_ROUTE_FIELDS.get(key, key)] = value
-        template = Route(**settings, source=Location(self.file, node.start_mark.line + 1))
+        settings.update({_ROUTE_FIELDS.get(key, key): value for key, value in values.items()})
+        here = Route(**settings, source=Location(self.file, node.start_mark.line + 1))
         children: list[Route] = []
-        for i, child in enumerate(self.sequence(entries["routes"][1], f"{path}.routes") or ()
-                                  if "routes" in entries else ()):
-            route = self.read_route(child, f"{path}.routes[{i}]", template, receivers, depth + 1)
-            good &= route is not None
-            children += [route] if route is not None else []
-        if not good:
+        if "routes" in entries:  # read even after a problem above, to report theirs too
+            items = self.sequence(entries["routes"][1], f"{path}.routes") or []
+            for i, item in enumerate(items):
+                child = self.read_route(item, f"{path}.routes[{i}]", here, receivers, depth + 1)
+                children += [child] if child is not None else []
+        if len(self.problems) != mark:
             return None
-        return Route(**settings, routes=tuple(children), source=template.source)
+        return Route(**settings, routes=tuple(children), source=here.source)
+
+    def check_label_names(self, names: Iterable[str], path: str, fallback: Node,
+                          allow: Iterable[str] = ()) -> None:
+        for i, label in enumerate(names):
+            if label not in allow and not _LABEL_NAME_RE.match(label):
+                self.error(self.node_for(f"{path}[{i}]", fallback), f"{path}[{i}]",
+                           f"not a label name: {label!r}")
 
     def read_inhibit(self, node: Node, path: str) -> InhibitRule | None:
         entries = self.mapping(node, path)
         if entries is None:
             return None
-        keys = ("source_matchers", "target_matchers", "equal")
-        self.check_keys(entries, path, keys, "an inhibit rule")
-        values = self.read_values(entries, path, {"source_matchers": _Loader.matchers,
-                                                  "target_matchers": _Loader.matchers,
-                                                  "equal": _Loader.strings})
-        good = None not in values.values()
-        for key in keys[:2]:
+        mark = len(self.problems)
+        readers: dict[str, _Reader] = {"source_matchers": _Loader.matchers,
+                                       "target_matchers": _Loader.matchers,
+                                       "equal": _Loader.strings}
+        self.check_keys(entries, path, readers, "an inhibit rule")
+        values = self.read_values(entries, path, readers)
+        for key in ("source_matchers", "target_matchers"):
             if key not in entries:
                 self.error(node, path, f"missing key {key!r}")
-                good = False
             elif values.get(key) == ():
                 self.error(entries[key][1], f"{path}.{key}", "needs at least one matcher")
-                good = False
-        for i, label in enumerate(values.get("equal") or ()):
-            if not _LABEL_NAME_RE.match(label):
-                self.error(self.node_for(f"{path}.equal[{i}]", node), f"{path}.equal[{i}]",
-                           f"not a label name: {label!r}")
-                good = False
-        if not good:
+        self.check_label_names(values.get("equal", ()), f"{path}.equal", node)
+        if len(self.problems) != mark:
             return None
         return InhibitRule(**values, source=Location(self.file, node.start_mark.line + 1))
 
     def matchers(self, node: Node, path: str) -> tuple[Matcher, ...] | None:
-        texts = self.strings(node, path)
+        texts = self.sequence(node, path)
         if texts is None:
             return None
         found: list[Matcher] = []
-        for i, text in enumerate(texts):
+        for i, item in enumerate(texts):
+            text = self.string(item, f"{path}[{i}]")
+            if text is None:
+                continue
             try:
                 found.append(Matcher.parse(text))
             except ValueError as exc:
-                self.error(self.node_for(f"{path}[{i}]", node), f"{path}[{i}]", str(exc))
-        return tuple(found) if len(found) == len(texts) else None
+                self.error(item, f"{path}[{i}]", str(exc))
+        return tuple(found)
 
     def url(self, node: Node, path: str) -> str | None:
         text = self.string(node, path)
@@ -678,7 +666,7 @@ _KIND_KEYS: Final[dict[str, dict[str, _Reader]]] = {
                 "reset_on": _Loader.strings, "when": _Loader.when,
                 "forget_after": _Loader.duration},
     "gauge": {"signal": _Loader.string, "field": _Loader.string, "op": _Loader.string,
-              "threshold": _Loader.number_or_duration},
+              "threshold": _Loader.threshold},
     "poison_pill": {"signals": _Loader.strings, "window": _Loader.duration,
                     "min_count": _Loader.integer, "max_samples": _Loader.integer},
 }
@@ -691,13 +679,18 @@ _ROUTE_KEYS: Final[dict[str, _Reader]] = {
     "repeat_interval": _Loader.duration,
     "send_resolved": _Loader.boolean,
     "continue": _Loader.boolean,
-    "routes": lambda loader, node, path: (),  # read by read_route, depth first
+}
+_WHEN_KEYS: Final[dict[str, _Reader]] = {
+    "signal": _Loader.string, "field": _Loader.string, "op": _Loader.string,
+    "threshold": _Loader.threshold,
 }
 _ROUTE_FIELDS: Final = {
     "group_wait": "group_wait_s", "group_interval": "group_interval_s",
     "repeat_interval": "repeat_interval_s", "continue": "continue_",
 }
 _OPTION_READERS: Final[dict[str, _Reader]] = {
-    "str": _Loader.string, "int": _Loader.integer, "bool": _Loader.boolean,
-    "url": _Loader.url, "duration": _Loader.duration,
+    "str": _Loader.string, "int": _Loader.integer, "number": _Loader.number,
+    "bool": _Loader.boolean, "url": _Loader.url, "duration": _Loader.duration,
+    "list": _Loader.strings, "env": _Loader.string, "envs": _Loader.strings,
+    "mapping": _Loader.labels,
 }

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -47,6 +46,7 @@ __all__ = [
     "PLACEHOLDERS",
     "RECEIVER_KINDS",
     "RECEIVER_OPTIONS",
+    "RECEIVER_REQUIRED",
     "RECEIVER_SECRETS",
     "RULE_CLASSES",
     "SEVERITIES",
@@ -143,6 +143,15 @@ _ERROR_SIGNALS: Final = frozenset({"task-failed", "task-retry", "task-dead-lette
 
 _COMMON_PLACEHOLDERS: Final = frozenset({"alertname", "severity", "value", "threshold"})
 #: The placeholders each kind's annotations may use, besides the rule's ``group_by`` labels.
+#: What each means (what the engine passes): ``alertname`` the rule's name; ``severity``;
+#: ``value`` what was measured (a count, a ratio, seconds of silence, a gauge's value);
+#: ``threshold`` what it was compared with (a spike's ``factor`` times ``baseline``, an
+#: absence's ``absent_for`` in seconds, a poison pill's ``min_count``); ``baseline`` the
+#: expected count; ``numerator`` and ``denominator`` counts; ``value_percent`` and
+#: ``threshold_percent`` a ratio times 100; ``window``, ``baseline_window``, ``absent_for``
+#: and ``silent_for`` durations as :func:`format_duration` writes them; ``last_seen`` an
+#: ISO 8601 UTC time or ``never``; ``field`` the gauge's name; ``fingerprint`` the error
+#: fingerprint; ``sample_task_ids`` a sequence of task ids (rendered comma-separated).
 PLACEHOLDERS: Final[Mapping[Kind, frozenset[str]]] = MappingProxyType({
     "rate": _COMMON_PLACEHOLDERS | {"window"},
     "ratio": _COMMON_PLACEHOLDERS | {
@@ -217,7 +226,7 @@ def _raise_if(found: list[tuple[str, str]], what: str) -> None:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -906,77 +915,113 @@ def _all_match(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
-OptionValue = str | int | float | bool
-#: Options (not secrets) each receiver kind accepts, with their type; every kind also
-#: takes ``timeout`` (a duration, default 10s).
+OptionValue = str | int | float | bool | tuple[str, ...] | Mapping[str, str]
+#: The settings of each receiver kind and their types, as
+#: :func:`stem_observe.notify.config.build_receiver` takes them, less the literal secrets
+#: (see :data:`RECEIVER_SECRETS`): secrets are named by environment variable (``*_env``
+#: holds a variable name, ``*_envs`` a list of them). Durations are held in seconds.
 RECEIVER_OPTIONS: Final[Mapping[ReceiverKind, Mapping[str, str]]] = MappingProxyType({
-    "console": {},
-    "slack": {"channel": "str", "username": "str", "icon_emoji": "str"},
-    "pagerduty": {"url": "url", "source": "str"},
-    "webhook": {"max_alerts": "int"},
-    "alertmanager": {"url": "url"},
+    "console": {"send_resolved": "bool", "trace_url": "str", "formats": "list"},
+    "slack": {"url_env": "env", "send_resolved": "bool", "trace_url": "str",
+              "timeout": "duration", "rate_per_s": "number", "burst": "int"},
+    "pagerduty": {"routing_key_env": "env", "url": "url", "send_resolved": "bool",
+                  "source": "str", "severity": "str", "severity_label": "str",
+                  "client_url": "url", "trace_url": "str", "timeout": "duration",
+                  "throttle_wait": "duration", "rate_per_s": "number", "burst": "int"},
+    "webhook": {"url_env": "env", "secret_envs": "envs", "max_alerts": "int",
+                "send_resolved": "bool", "external_url": "url", "headers": "mapping",
+                "timeout": "duration"},
+    "alertmanager": {"url": "url", "bearer_token_env": "env", "send_resolved": "bool",
+                     "firing_ttl": "duration", "timeout": "duration"},
 })
-#: Secrets each receiver kind takes from the environment (``<name>_env: VARIABLE``), and
-#: whether it is required. An Alertmanager needs ``url`` or ``url_env``.
-RECEIVER_SECRETS: Final[Mapping[ReceiverKind, Mapping[str, bool]]] = MappingProxyType({
+#: Settings each kind requires.
+RECEIVER_REQUIRED: Final[Mapping[ReceiverKind, frozenset[str]]] = MappingProxyType({
+    "console": frozenset(),
+    "slack": frozenset({"url_env"}),
+    "pagerduty": frozenset({"routing_key_env"}),
+    "webhook": frozenset({"url_env"}),
+    "alertmanager": frozenset({"url"}),
+})
+#: Secrets a routing file may not hold literally, with the setting to use instead.
+RECEIVER_SECRETS: Final[Mapping[ReceiverKind, Mapping[str, str]]] = MappingProxyType({
     "console": {},
-    "slack": {"url": True},
-    "pagerduty": {"routing_key": True},
-    "webhook": {"url": True, "secret": False},
-    "alertmanager": {"url": False},
+    "slack": {"url": "url_env"},
+    "pagerduty": {"routing_key": "routing_key_env"},
+    "webhook": {"url": "url_env", "secrets": "secret_envs", "hub_secret": "secret_envs"},
+    "alertmanager": {"bearer_token": "bearer_token_env"},
 })
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Receiver:
-    """Where notifications go. Secrets are held only as environment-variable names.
+    """Where notifications go: a kind and its settings (:data:`RECEIVER_OPTIONS`).
 
-    ``env`` maps a secret (``url``, ``routing_key``, ``secret``) to the variable holding
-    it; :meth:`secret` reads it when needed, so no secret sits in this object, its repr or
-    any error built from it.
+    Secrets are held only as environment-variable names (``url_env: SLACK_WEBHOOK_URL``),
+    so no secret sits in this object, its repr or an error built from it; the notifier
+    reads the variables when it is built (:meth:`config` is what
+    :func:`stem_observe.notify.config.build_receiver` takes).
     """
 
     name: str
     kind: ReceiverKind
-    env: Mapping[str, str] = dc_field(default_factory=dict, hash=False)
     options: Mapping[str, OptionValue] = dc_field(default_factory=dict, hash=False)
-    timeout_s: float = 10.0
     source: Location | None = dc_field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         found: list[tuple[str, str]] = []
         if self.kind not in RECEIVER_KINDS:
             found.append(("kind", f"must be one of {', '.join(RECEIVER_KINDS)}"))
         else:
-            secrets = RECEIVER_SECRETS[self.kind]
-            for name, variable in self.env.items():
-                if name not in secrets:
-                    found.append((f"{name}_env", f"a {self.kind} receiver takes no such secret"))
-                elif not _ENV_RE.match(variable):
-                    found.append((f"{name}_env", "expected an environment variable name, "
-                                                 "such as SLACK_WEBHOOK_URL"))
-            for name, required in secrets.items():
-                if required and name not in self.env:
-                    found.append((f"{name}_env", "required: name the environment variable "
-                                                 "that holds it"))
-            for name in self.options:
-                if name not in RECEIVER_OPTIONS[self.kind]:
-                    found.append((name, f"a {self.kind} receiver has no option {name!r}"))
-            if self.kind == "alertmanager" and ("url" in self.env) == ("url" in self.options):
-                found.append(("url", "an alertmanager receiver needs exactly one of url and "
-                                     "url_env"))
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            found.append(("timeout", "must be positive"))
+            schema = RECEIVER_OPTIONS[self.kind]
+            for key, value in self.options.items():
+                if key in RECEIVER_SECRETS[self.kind]:
+                    found.append((key, "is a secret: put it in an environment variable and "
+                                       f"write {RECEIVER_SECRETS[self.kind][key]}: "
+                                       "VARIABLE_NAME"))
+                elif key not in schema:
+                    found.append((key, f"a {self.kind} receiver has no setting {key!r}"))
+                else:
+                    found += [(f"{key}{where}", message)
+                              for where, message in _check_option(schema[key], value)]
+            for key in sorted(RECEIVER_REQUIRED[self.kind] - set(self.options)):
+                found.append((key, "required: name the environment variable that holds it"
+                              if schema[key] == "env" else "required"))
         _raise_if(found, f"receivers[{self.name!r}]")
 
-    def secret(self, name: str, environ: Mapping[str, str] | None = None) -> str | None:
-        """The secret ``name`` read from the environment now; ``None`` if unset or empty."""
-        variable = self.env.get(name)
-        if variable is None:
-            return None
-        return (os.environ if environ is None else environ).get(variable) or None
+    @property
+    def env(self) -> dict[str, str]:
+        """Every environment variable the receiver reads, by the setting that names it."""
+        found: dict[str, str] = {}
+        for key, value in self.options.items():
+            if key.endswith("_env") and isinstance(value, str):
+                found[key] = value
+            elif key.endswith("_envs") and isinstance(value, tuple):
+                found.update({f"{key}[{i}]": variable for i, variable in enumerate(value)})
+        return found
+
+    def config(self) -> dict[str, Any]:
+        """The settings as ``stem_observe.notify.config.build_receiver(name, config)`` takes
+        them."""
+        return {"type": self.kind, **{
+            key: dict(value) if isinstance(value, Mapping) else value
+            for key, value in self.options.items()}}
+
+
+def _check_option(kind: str, value: object) -> _Found:
+    if kind in ("env", "envs"):
+        names = value if isinstance(value, tuple) else (value,)
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or not _ENV_RE.match(name):
+                where = f"[{i}]" if kind == "envs" else ""
+                yield where, "expected an environment variable name, such as SLACK_WEBHOOK_URL"
+    elif kind == "url" and not str(value).startswith(("https://", "http://")):
+        yield "", f"expected an http:// or https:// URL, got {value!r}"
+    elif kind in ("number", "duration") and not (
+            isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        yield "", f"must be a finite, non-negative number, got {value!r}"
+    elif kind == "int" and isinstance(value, int) and value < 0:
+        yield "", f"must not be negative, got {value!r}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

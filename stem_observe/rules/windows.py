@@ -51,9 +51,9 @@ so with out-of-order times an idle set may outlive ``expire_after_s`` until thos
 it go. A dropped set forgets its baseline; if it returns it starts from zero again.
 
 **Threads.** Every public method is thread-safe: each store holds one lock for the whole
-call. Calls take at most O(buckets) (``over`` and ``items`` O(label sets)), never block on
-anything but that lock, and raise only for a window longer than the span (times must be
-finite). Locks are re-created in a forked child.
+call. Calls take at most O(buckets) (``over``, ``items``, ``silent`` and ``label_sets``
+O(label sets)), never block on anything but that lock, and raise only for a window longer
+than the span (times must be finite). Locks are re-created in a forked child.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from stem_observe import events as ev
 from stem_observe.rules.model import Key, error_of
-from stem_observe.sinks._labels import OVERFLOW
 
 __all__ = [
     "OVERFLOW",
@@ -85,6 +84,8 @@ __all__ = [
     "fingerprint",
 ]
 
+OVERFLOW: Final = "__overflow__"
+"""Every label value of the overflow label set (the value the metrics use past a limit)."""
 _EPSILON: Final = 1e-9
 
 
@@ -94,34 +95,38 @@ def _buckets(seconds: float, bucket_s: float) -> int:
 
 # --------------------------------------------------------------------------- fingerprints
 
-_UUID_RE: Final = re.compile(
-    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
-_HEX_RE: Final = re.compile(r"\b0[xX][0-9a-fA-F]+\b")
+_UUID_RE: Final = re.compile(r"(?<![0-9a-zA-Z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                             r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9a-fA-F])")
+_HEX_RE: Final = re.compile(r"(?<![0-9a-zA-Z])0[xX][0-9a-fA-F]+(?![0-9a-fA-F])")
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9]*[0-9][A-Za-z0-9]*")
 _DIGITS_RE: Final = re.compile(r"[0-9]+")
+_QUANTITY_RE: Final = re.compile(r"[0-9]+([A-Za-z]{0,3})\Z")
 _SPACE_RE: Final = re.compile(r"\s+")
-_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 MAX_FINGERPRINT: Final = 240
 
 
 def _token(match: re.Match[str]) -> str:
     token = match.group()
-    if token.isdigit():
-        return "<n>"
+    unit = _QUANTITY_RE.match(token)
+    if unit is not None:
+        return "<n>" + unit.group(1)
     if len(token) >= 8:
-        return "<hex>" if _HEX_DIGITS.issuperset(token) else "<id>"
+        return "<id>"
     return _DIGITS_RE.sub("<n>", token)
 
 
 def fingerprint(error_type: str, message: str) -> str:
     """``"<error type>: <message>"`` with what varies between occurrences collapsed.
 
-    UUIDs become ``<uuid>``, ``0x…`` and words of 8+ hex digits ``<hex>``, other words of
-    8+ letters and digits ``<id>``, and remaining digit runs ``<n>``; whitespace collapses.
-    So ``Timeout after 30s for order 7f3a9c2e11`` and ``Timeout after 45s for order
-    0b41d2e9aa`` share one fingerprint. At most :data:`MAX_FINGERPRINT` characters.
+    Numbers become ``<n>``, with a unit of up to three letters kept (``30s``, ``512MB``);
+    UUIDs, ``0x…`` hex and other words of 8 or more letters and digits that contain a digit
+    (hashes, ULIDs, ``ORD000123X``) become ``<id>``; digit runs in shorter words become
+    ``<n>`` (``user_42`` → ``user_<n>``, ``v2`` → ``v<n>``); whitespace collapses. So
+    ``Timeout after 30s for order 7f3a9c2e11`` and ``Timeout after 45s for order
+    0b41d2e9aa`` share one fingerprint. (A hex id that happens to be all digits reads
+    ``<n>``.) At most :data:`MAX_FINGERPRINT` characters.
     """
-    text = _HEX_RE.sub("<hex>", _UUID_RE.sub("<uuid>", message))
+    text = _HEX_RE.sub("<id>", _UUID_RE.sub("<id>", message))
     text = _SPACE_RE.sub(" ", _TOKEN_RE.sub(_token, text)).strip()
     kind = _SPACE_RE.sub(" ", error_type).strip()[:100] or "unknown"
     return f"{kind}: {text}"[:MAX_FINGERPRINT] if text else kind
@@ -309,8 +314,14 @@ class _Rings:
 
     def count(self, ring: _Ring, b: int, k: int, s: int) -> int:
         n, m, counts, head = self.n, self.series, ring.counts, ring.head
-        return sum(counts[(j % n) * m + s]
-                   for j in range(max(b - k + 1, head - n + 1), min(b, head) + 1))
+        low, high = max(b - k + 1, head - n + 1), min(b, head)
+        if low > high:
+            return 0
+        start = low % n
+        end = start + high - low + 1  # slots start..end-1, wrapping past n at most once
+        if end <= n:
+            return sum(counts[start * m + s:end * m:m])
+        return sum(counts[start * m + s::m]) + sum(counts[s:(end - n) * m:m])
 
     def folded(self, ring: _Ring, s: int, b: int) -> float:
         """Series ``s`` of the EWMA once the ring's head moved to ``b``."""
@@ -520,7 +531,12 @@ class _Seen:
 
 class LastSeen(_Store[_Seen]):
     """When each label set was last seen. A set unseen for ``expire_after_s`` is forgotten
-    by :meth:`expire` (an absence rule's ``forget_after``)."""
+    by :meth:`expire` (an absence rule's ``forget_after``).
+
+    For an absence rule with ``when``, also :meth:`touch` a label set when its gauge
+    condition begins to hold: silence then counts from that moment, not from a completion
+    long before the work arrived.
+    """
 
     def __init__(self, *, expire_after_s: float, max_label_sets: int = 1000) -> None:
         super().__init__(max_label_sets, expire_after_s)

@@ -58,7 +58,8 @@ def test_a_dead_letter_replay_rewrite_is_not_a_new_failure(
 ) -> None:
     watcher = make_watcher(client)
     watcher.reconcile(prime=True)
-    error: dict[str, object] = {"type": "Boom", "message": "x", "stack": None, "retryable": False, "meta": {}}
+    error: dict[str, object] = {
+        "type": "Boom", "message": "x", "stack": None, "retryable": False, "meta": {}}
     now = time.time()
     write_status(client, "t1", "failed", attempt=2, error=error, updated=now)
     watcher.reconcile()
