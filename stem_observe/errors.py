@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "StemObserveError"]
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["ConfigError", "Problem", "RulesError", "StemObserveError"]
 
 
 class StemObserveError(Exception):
@@ -16,3 +19,32 @@ class ConfigError(StemObserveError, ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a rules file; ``str()`` reads ``file:line: path: message``."""
+
+    file: str | None
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = "" if self.file is None else (
+            f"{self.file}: " if self.line is None else f"{self.file}:{self.line}: "
+        )
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class RulesError(StemObserveError, ValueError):
+    """Rules or routing are invalid. ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            text = str(self.problems[0])
+        else:
+            text = f"{len(self.problems)} problems:\n" + "\n".join(
+                f"  {p}" for p in self.problems)
+        super().__init__(text)

@@ -1,5 +1,7 @@
-"""Alerting rules: definitions (``model``), YAML loading (``loader``) and the bounded
-time-bucketed state the engine keeps per rule and label set (``windows``).
+"""Alerting rules: definitions (``model`` for rules, ``routing`` for receivers and routes,
+``templates`` for annotations, ``signals_map`` for what each signal carries), YAML loading
+(``loader``) and the bounded time-bucketed state the engine keeps per rule and label set
+(``windows``).
 
 Load and validate a rules file or directory — every problem is reported at once, each with
 file, line and key path::
@@ -11,28 +13,22 @@ file, line and key path::
         print(rule.kind, rule.name, sorted(rule.inputs))
 """
 
+from stem_observe.errors import Problem, RulesError
+from stem_observe.rules._checks import Location
 from stem_observe.rules.loader import load_rules, parse_rules
 from stem_observe.rules.model import (
     AbsenceRule,
-    Annotations,
     GaugeCondition,
     GaugeRule,
-    InhibitRule,
-    Location,
-    Matcher,
     PoisonPillRule,
-    Problem,
     RateRule,
     RatioRule,
-    Receiver,
-    Route,
-    Routing,
     Rule,
-    RulesError,
     RuleSet,
     SpikeRule,
-    Template,
 )
+from stem_observe.rules.routing import InhibitRule, Matcher, Receiver, Route, Routing
+from stem_observe.rules.templates import Annotations, Template
 from stem_observe.rules.windows import (
     Baseline,
     CountWindows,

@@ -11,32 +11,28 @@ from hypothesis import strategies as st
 
 from stem_observe import events as ev
 from stem_observe import signals
+from stem_observe.errors import RulesError
 from stem_observe.rules.model import (
     PLACEHOLDERS,
-    SIGNAL_GAUGES,
-    SIGNAL_LABELS,
     AbsenceRule,
-    Annotations,
     GaugeCondition,
     GaugeRule,
-    InhibitRule,
-    Matcher,
     PoisonPillRule,
     RateRule,
     RatioRule,
-    Receiver,
-    Route,
-    Routing,
     Rule,
-    RulesError,
     RuleSet,
     SpikeRule,
-    Template,
+)
+from stem_observe.rules.routing import InhibitRule, Matcher, Receiver, Route, Routing
+from stem_observe.rules.signals_map import (
+    SIGNAL_GAUGES,
+    SIGNAL_LABELS,
     error_of,
-    format_duration,
     gauge_value,
     keys_of,
 )
+from stem_observe.rules.templates import Annotations, Template, format_duration
 
 
 def test_every_signal_has_its_labels_and_every_gauge_exists() -> None:
