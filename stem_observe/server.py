@@ -1,7 +1,8 @@
 """HTTP exposition: ``/metrics`` (Prometheus text or OpenMetrics by ``Accept``), ``/healthz``.
 
 A small threaded server on the standard library, started on a daemon thread. More routes
-(``/readyz``, ``/api/...``) are added with :meth:`HttpServer.route`.
+are added with :meth:`HttpServer.route` (``GET``, headers only: ``/readyz``) or
+:meth:`HttpServer.route_request` (any method, with the body: ``/api/silences``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["HttpServer", "Response"]
+__all__ = ["HttpServer", "Request", "Response", "json_response"]
 
 logger = logging.getLogger("stem_observe.server")
 
@@ -26,6 +28,21 @@ Response = tuple[int, str, bytes]
 """Status code, content type, body."""
 Route = Callable[[dict[str, str]], Response]
 """A route handler: request headers (lower-case names) → response."""
+MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a :meth:`HttpServer.route_request` handler gets."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+RequestRoute = Callable[[Request], Response]
 
 
 def json_response(status: int, payload: Any) -> Response:
@@ -48,16 +65,22 @@ class HttpServer:
         self.registry = registry
         self.host = host
         self.port = port
-        self._routes: dict[str, Route] = {
-            "/metrics": self._metrics,
-            "/healthz": lambda headers: json_response(200, {"status": "ok"}),
-        }
+        self._routes: dict[tuple[str, str], RequestRoute] = {}
+        self.route("/metrics", self._metrics)
+        self.route("/healthz", lambda headers: json_response(200, {"status": "ok"}))
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def route(self, path: str, handler: Route) -> None:
         """Serve ``handler`` on ``GET path``."""
-        self._routes[path] = handler
+        self._routes[("GET", path)] = lambda request: handler(request.headers)
+
+    def route_request(
+        self, path: str, handler: RequestRoute, *, methods: tuple[str, ...] = ("GET",)
+    ) -> None:
+        """Serve ``handler`` on ``path`` for ``methods``; it gets the whole request."""
+        for method in methods:
+            self._routes[(method, path)] = handler
 
     @property
     def url(self) -> str:
@@ -72,16 +95,40 @@ class HttpServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                handler = routes.get(path)
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+            def _handle(self, method: str) -> None:
+                parts = urlsplit(self.path)
+                path = parts.path
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                handler = routes.get((method, path))
+                try:
+                    length = int(headers.get("content-length") or 0)
+                except ValueError:
+                    length = -1
                 if handler is None:
-                    status, ctype, body = json_response(404, {"error": f"no route {path}"})
+                    allowed = any(p == path for _, p in routes)
+                    status, ctype, body = json_response(
+                        405 if allowed else 404,
+                        {"error": f"{method} not allowed on {path}" if allowed
+                         else f"no route {path}"})
+                elif not 0 <= length <= MAX_BODY:
+                    status, ctype, body = json_response(413, {"error": "body too large"})
                 else:
+                    request = Request(
+                        method, path, dict(parse_qsl(parts.query)), headers,
+                        self.rfile.read(length) if length else b"",
+                    )
                     try:
-                        status, ctype, body = handler(headers)
+                        status, ctype, body = handler(request)
                     except Exception:
-                        logger.exception("handler for %s failed", path)
+                        logger.exception("handler for %s %s failed", method, path)
                         status, ctype, body = json_response(500, {"error": "internal error"})
                 gzipped = "gzip" in headers.get("accept-encoding", "") and len(body) > 1024
                 if gzipped:

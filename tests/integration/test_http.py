@@ -11,7 +11,7 @@ import pytest
 
 import stem_observe
 from stem_observe import events as ev
-from stem_observe.server import HttpServer
+from stem_observe.server import HttpServer, json_response
 from tests.conftest import Installed
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -82,3 +82,29 @@ def test_a_failing_route_answers_500_and_the_server_keeps_serving(server: HttpSe
 def test_a_taken_port_raises_oserror(server: HttpServer) -> None:
     with pytest.raises(OSError, match="in use"):
         HttpServer(host=server.host, port=server.port).start()
+
+
+def test_request_routes_get_method_query_and_body(server: HttpServer) -> None:
+    from stem_observe.server import Request
+
+    seen: list[Request] = []
+
+    def echo(request: Request) -> tuple[int, str, bytes]:
+        seen.append(request)
+        return json_response(201, {"method": request.method})
+
+    server.route_request("/api/echo", echo, methods=("POST", "DELETE"))
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    try:
+        connection.request("POST", "/api/echo?x=1", body=b'{"a": 1}',
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())) == (201, {"method": "POST"})
+        connection.request("GET", "/api/echo")
+        response = connection.getresponse()
+        assert response.status == 405
+        response.read()
+    finally:
+        connection.close()
+    (request,) = seen
+    assert (request.query, request.body) == ({"x": "1"}, b'{"a": 1}')
