@@ -1,5 +1,5 @@
 """What the engine keeps and computes per rule: the rule's windows, fed with events, and one
-:class:`Reading` per breached label set on each tick.
+:class:`Breach` per breached label set on each tick.
 
 One evaluator per rule kind. :meth:`_Evaluator.observe` runs on the thread that sent the
 signal: it touches the rule's thread-safe windows and a small sample table under a short
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -40,7 +40,7 @@ from stem_observe.rules import (
 )
 from stem_observe.sinks._traceparent import sampled_trace_id
 
-__all__ = ["Key", "Reading", "build_evaluator", "format_duration", "keys_of"]
+__all__ = ["Breach", "Key", "build_evaluator", "format_duration", "keys_of"]
 
 Key = tuple[str, ...]
 UNKNOWN: Final = "unknown"
@@ -140,7 +140,7 @@ def bucket_for(window_s: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class Breach:
     """A breached label set on one tick: what was measured, against what, and the values
     the rule's annotations may use."""
 
@@ -196,7 +196,7 @@ class _Evaluator:
     def _add(self, signal: str, key: Key, event: ev.Event, t: float) -> None:
         raise NotImplementedError
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         raise NotImplementedError
 
     def labels(self, key: Key) -> dict[str, str]:
@@ -220,17 +220,17 @@ class _RateEvaluator(_Evaluator):
         key = self.windows.add(key, t)
         self.samples.add(key, event, t)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule, windows, window_s = self.rule, self.windows, self.rule.window_s
         windows.expire(now)
-        found: list[Reading] = []
+        found: list[Breach] = []
         threshold = rule.threshold
         for key in windows.label_sets():
             count = windows.count(key, now, window_s)
             if count > threshold:
                 values = self.common(count, threshold) | {
                     "window": format_duration(window_s)}
-                found.append(Reading(key, self.labels(key), count, threshold, None, values,
+                found.append(Breach(key, self.labels(key), count, threshold, None, values,
                                      self.samples.since(key, now - window_s)))
         return found
 
@@ -253,10 +253,10 @@ class _RatioEvaluator(_Evaluator):
         if signal in self.denominator:
             self.windows.add(key, t, series=1)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule, windows, window_s = self.rule, self.windows, self.rule.window_s
         windows.expire(now)
-        found: list[Reading] = []
+        found: list[Breach] = []
         for key in windows.label_sets():
             num, den = windows.ratio(key, now, window_s)
             if rule.breached(num, den):
@@ -265,7 +265,7 @@ class _RatioEvaluator(_Evaluator):
                     "window": format_duration(window_s), "numerator": num,
                     "denominator": den, "value_percent": round(ratio * 100, 2),
                     "threshold_percent": round(rule.threshold * 100, 2)}
-                found.append(Reading(key, self.labels(key), ratio, rule.threshold, None,
+                found.append(Breach(key, self.labels(key), ratio, rule.threshold, None,
                                      values, self.samples.since(key, now - window_s)))
         return found
 
@@ -284,10 +284,10 @@ class _SpikeEvaluator(_Evaluator):
         key = self.windows.add(key, t)
         self.samples.add(key, event, t)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule, windows, window_s = self.rule, self.windows, self.rule.window_s
         windows.expire(now)
-        found: list[Reading] = []
+        found: list[Breach] = []
         for key in windows.label_sets():
             count = windows.count(key, now, window_s)
             if count < rule.min_count:
@@ -300,7 +300,7 @@ class _SpikeEvaluator(_Evaluator):
                     "baseline": round(base.expected, 2),
                     "baseline_window": format_duration(rule.baseline_s),
                     "factor": rule.factor}
-                found.append(Reading(key, self.labels(key), count, bar, base.expected, values,
+                found.append(Breach(key, self.labels(key), count, bar, base.expected, values,
                                      self.samples.since(key, now - window_s)))
         return found
 
@@ -336,12 +336,12 @@ class _AbsenceEvaluator(_Evaluator):
         elif signal in self.signals:
             self.seen.touch(key, t)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule, when = self.rule, self.rule.when
         self.seen.expire(now)
         if self.gauges is not None:
             self.gauges.expire(now)
-        found: list[Reading] = []
+        found: list[Breach] = []
         for key, last in self.seen.silent(now, rule.absent_for_s):
             if when is not None and self.gauges is not None:
                 reading = self.gauges.get(key)
@@ -351,7 +351,7 @@ class _AbsenceEvaluator(_Evaluator):
             values = self.common(silent, rule.absent_for_s) | {
                 "absent_for": format_duration(rule.absent_for_s),
                 "silent_for": format_duration(silent), "last_seen": _iso(last)}
-            found.append(Reading(key, self.labels(key), silent, rule.absent_for_s, None, values))
+            found.append(Breach(key, self.labels(key), silent, rule.absent_for_s, None, values))
         return found
 
 
@@ -367,10 +367,10 @@ class _GaugeEvaluator(_Evaluator):
         if value is not None:
             self.gauges.set(key, t, value)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule = self.rule
         self.gauges.expire(now)
-        return [Reading(key, self.labels(key), reading.value, rule.threshold, None,
+        return [Breach(key, self.labels(key), reading.value, rule.threshold, None,
                         self.common(reading.value, rule.threshold) | {"field": rule.field})
                 for key, reading in self.gauges.items() if rule.breached(reading.value)]
 
@@ -400,10 +400,10 @@ class _PoisonPillEvaluator(_Evaluator):
                 if len(self._traces) > _MAX_TRACES:
                     self._traces.popitem(last=False)
 
-    def breaches(self, now: float) -> list[Reading]:
+    def breaches(self, now: float) -> list[Breach]:
         rule = self.rule
         self.windows.expire(now)
-        found: list[Reading] = []
+        found: list[Breach] = []
         for item in self.windows.over(now, rule.window_s, rule.min_count):
             with self._lock:
                 samples = tuple(TaskSample(task_id, self._traces.get(task_id))
@@ -412,7 +412,7 @@ class _PoisonPillEvaluator(_Evaluator):
             values = self.common(item.count, rule.min_count) | {
                 "window": format_duration(rule.window_s), "fingerprint": item.fingerprint,
                 "sample_task_ids": [s.task_id for s in samples]}
-            found.append(Reading((*item.labels, item.fingerprint), labels, item.count,
+            found.append(Breach((*item.labels, item.fingerprint), labels, item.count,
                                  rule.min_count, None, values, samples))
         return found
 
@@ -433,12 +433,3 @@ def build_evaluator(rule: Rule, *, max_label_sets: int, start: float | None) -> 
     if isinstance(rule, PoisonPillRule):
         return _PoisonPillEvaluator(rule, max_label_sets)
     raise TypeError(f"no evaluator for rule kind {rule.kind!r}")
-
-
-Evaluator = _Evaluator
-Observer = Callable[[str, ev.Event, float], None]
-
-
-def signals_of(rules: Iterable[Rule]) -> frozenset[str]:
-    """Every signal some rule needs."""
-    return frozenset(signal for rule in rules for signal in rule.inputs)

@@ -13,6 +13,7 @@ and the HTTP API and read by the engine on each tick::
 
 from __future__ import annotations
 
+import builtins
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -96,7 +97,7 @@ class Store(Protocol):
         """Create a silence (starting now unless ``starts_at``)."""
         ...
 
-    def list(self, *, include_expired: bool = False) -> list[Silence]:
+    def list(self, *, include_expired: bool = False) -> builtins.list[Silence]:
         """Silences not yet ended (and recently ended ones), oldest first."""
         ...
 
@@ -104,7 +105,7 @@ class Store(Protocol):
         """End a silence now; ``False`` if there is no such silence or it already ended."""
         ...
 
-    def silences(self, now: float) -> list[Silence]:
+    def silences(self, now: float) -> builtins.list[Silence]:
         """The silences active at ``now`` (what the engine applies)."""
         ...
 
@@ -112,7 +113,7 @@ class Store(Protocol):
         """Replace the stored snapshot of pending, firing and resolved alerts."""
         ...
 
-    def load_states(self) -> list[AlertState]:
+    def load_states(self) -> builtins.list[AlertState]:
         """The last snapshot saved."""
         ...
 
@@ -125,7 +126,7 @@ class MemoryStore:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self._silences: dict[str, Silence] = {}
-        self._states: list[AlertState] = []
+        self._states: builtins.list[AlertState] = []
         self._lock = threading.Lock()
 
     def add(self, matchers: Sequence[Matcher | str], ends_at: float, created_by: str = "",
@@ -145,7 +146,7 @@ class MemoryStore:
             self._silences[silence.id] = silence
         return silence
 
-    def list(self, *, include_expired: bool = False) -> list[Silence]:
+    def list(self, *, include_expired: bool = False) -> builtins.list[Silence]:
         now = self.clock.time()
         with self._lock:
             self._purge(now)
@@ -163,7 +164,7 @@ class MemoryStore:
                 ends_at=now, created_by=silence.created_by, comment=silence.comment)
             return True
 
-    def silences(self, now: float) -> list[Silence]:
+    def silences(self, now: float) -> builtins.list[Silence]:
         with self._lock:
             return [s for s in self._silences.values() if s.active(now)]
 
@@ -171,7 +172,7 @@ class MemoryStore:
         with self._lock:
             self._states = list(states)
 
-    def load_states(self) -> list[AlertState]:
+    def load_states(self) -> builtins.list[AlertState]:
         with self._lock:
             return list(self._states)
 
