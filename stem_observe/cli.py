@@ -20,7 +20,7 @@ from stem_observe.errors import StemObserveError
 __all__ = ["main"]
 
 #: Modules under ``stem_observe.commands`` that add subcommands, in help order.
-COMMANDS = ("demo", "serve", "health", "observe", "dlq")
+COMMANDS = ("demo", "serve", "health", "observe", "dlq", "rules")
 
 
 def _parser() -> argparse.ArgumentParser:

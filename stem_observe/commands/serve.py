@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -39,6 +40,9 @@ def register(commands: Any) -> None:
                             "(repeatable; default: stem)")
     serve.add_argument("--poll-interval", type=duration, default=5.0,
                        help="queue, dead-letter and heartbeat poll interval (default: 5s)")
+    serve.add_argument("--discover-interval", type=duration, default=30.0,
+                       help="how often queues are rediscovered by SCAN (default: 30s; queues a "
+                            "heartbeat names are picked up at once)")
     serve.add_argument("--reconcile-interval", type=duration, default=60.0,
                        help="full status-record scan interval (default: 60s)")
     serve.add_argument("--heartbeat-interval", type=duration, default=10.0,
@@ -47,6 +51,11 @@ def register(commands: Any) -> None:
                        default="auto",
                        help="keyspace notifications for status changes: auto (use if the "
                             "server has them), enable (turn them on with CONFIG SET), on, off")
+    serve.add_argument("--rules", action="append", default=None, metavar="PATH",
+                       help="alert rules and routing (a YAML file or a directory; repeatable; "
+                            "default: $STEM_OBSERVE_RULES, else no alerting)")
+    serve.add_argument("--tick", type=duration, default=5.0,
+                       help="how often alert rules are evaluated (default: 5s)")
     serve.add_argument("--host", default=None, help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: 9464)")
     serve.set_defaults(func=run)
@@ -72,7 +81,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
                else connect(target.backend_url, "backend", fail_fast=False))
     options = WatcherOptions(
         keys=keys, worker_namespaces=tuple(args.worker_namespace or ["stem"]),
-        poll_interval_s=args.poll_interval, reconcile_interval_s=args.reconcile_interval,
+        poll_interval_s=args.poll_interval, discover_interval_s=args.discover_interval,
+        reconcile_interval_s=args.reconcile_interval,
         heartbeat_interval_s=args.heartbeat_interval, notifications=args.notifications,
     )
     bridge = install(settings=settings, logs=False)
@@ -91,15 +101,27 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
     if stop is None:
         signal.signal(signal.SIGINT, stopper)
         signal.signal(signal.SIGTERM, stopper)
+    rule_paths = args.rules or ([os.environ["STEM_OBSERVE_RULES"]]
+                                if os.environ.get("STEM_OBSERVE_RULES") else [])
+    alerting = None
     try:
+        if rule_paths:
+            from stem_observe.commands._alerting import start_alerting
+
+            alerting = start_alerting(rule_paths, server, tick_s=args.tick)
         server.start()
         watcher.start()
         print(f"stem-observe serve: watching {where} (namespace "
               f"{keys.broker}); metrics at {server.url}/metrics, readiness at "
               f"{server.url}/readyz", file=out, flush=True)
+        if alerting is not None:
+            print(f"stem-observe serve: alert rules from {', '.join(rule_paths)}; alerts at "
+                  f"{server.url}/api/alerts", file=out, flush=True)
         done.wait()
         print("stem-observe serve: stopping", file=out, flush=True)
     finally:
+        if alerting is not None:
+            alerting.stop()
         watcher.close()
         bridge.flush()
         server.stop()

@@ -1,0 +1,108 @@
+"""Running the rules engine inside a process that serves HTTP (``serve``, ``demo``).
+
+:func:`start_alerting` loads the rules, builds the routing's receivers and the dispatcher,
+installs the engine on the signal bus, starts its tick, and adds the alerting API:
+
+* ``GET /api/alerts`` — pending, firing and just-resolved alerts (no secrets: receivers
+  and their settings are never part of an alert);
+* ``GET /api/silences``, ``POST /api/silences`` (``{"matchers": ["queue = emails"],
+  "duration": "2h", "created_by": "...", "comment": "..."}``), ``DELETE
+  /api/silences?id=ID``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from stem_observe.config import to_seconds
+from stem_observe.errors import ConfigError, StemObserveError
+from stem_observe.notify.base import Receiver
+from stem_observe.notify.config import build_receiver
+from stem_observe.notify.dispatch import Dispatcher
+from stem_observe.rules import Routing, RuleSet, load_rules
+from stem_observe.rules.engine import Engine
+from stem_observe.rules.store import MemoryStore
+from stem_observe.server import HttpServer, Request, Response, json_response
+
+__all__ = ["Alerting", "start_alerting"]
+
+logger = logging.getLogger("stem_observe.alerting")
+
+
+@dataclass
+class Alerting:
+    engine: Engine
+    dispatcher: Dispatcher
+    store: MemoryStore
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.engine.uninstall()
+        self.dispatcher.close(5.0)
+
+
+def build_receivers(rules: RuleSet) -> list[Receiver]:
+    """The routing's receivers (a console one without routing); errors name the key."""
+    routing = rules.routing or Routing.default()
+    return [build_receiver(name, receiver.config())
+            for name, receiver in routing.receivers.items()]
+
+
+def start_alerting(
+    paths: list[str], server: HttpServer | None, *, registry: CollectorRegistry = REGISTRY,
+    tick_s: float = 5.0, receivers: list[Receiver] | None = None,
+) -> Alerting:
+    """Load ``paths`` (files or directories of rules), start the engine, add the API."""
+    for path in paths:
+        if not Path(path).exists():
+            raise ConfigError("--rules", f"no such file or directory: {path}")
+    rules = load_rules(*paths)
+    dispatcher = Dispatcher(receivers if receivers is not None else build_receivers(rules),
+                            registry=registry)
+    dispatcher.start()
+    store = MemoryStore()
+    engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store)
+    engine.install()
+    engine.start()
+    if server is not None:
+        _routes(server, engine, store)
+    return Alerting(engine, dispatcher, store)
+
+
+def _routes(server: HttpServer, engine: Engine, store: MemoryStore) -> None:
+    def alerts(headers: dict[str, str]) -> Response:
+        return json_response(200, {"alerts": [a.to_json() for a in engine.alerts()]})
+
+    def silences(request: Request) -> Response:
+        if request.method == "GET":
+            return json_response(200, {"silences": [s.to_json() for s in store.list()]})
+        if request.method == "DELETE":
+            silence_id = request.query.get("id", "")
+            if not store.expire(silence_id):
+                return json_response(404, {"error": f"no active silence {silence_id!r}"})
+            return json_response(200, {"expired": silence_id})
+        try:
+            body = json.loads(request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            matchers = body.get("matchers")
+            if not isinstance(matchers, list) or not matchers:
+                raise ValueError("matchers: a non-empty list such as [\"queue = emails\"]")
+            duration = to_seconds(body.get("duration", "1h"), key="duration")
+            silence = store.add(
+                [str(m) for m in matchers], time.time() + duration,
+                created_by=str(body.get("created_by", "")),
+                comment=str(body.get("comment", "")),
+            )
+        except (ValueError, StemObserveError) as exc:
+            return json_response(400, {"error": str(exc)})
+        return json_response(201, silence.to_json())
+
+    server.route("/api/alerts", alerts)
+    server.route_request("/api/silences", silences, methods=("GET", "POST", "DELETE"))
