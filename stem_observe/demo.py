@@ -164,6 +164,7 @@ class Demo:
         out: TextIO | None = None,
         seed: int | None = None,
         report_every_s: float = 5.0,
+        alerts: bool = True,
     ) -> None:
         self.duration_s = duration_s
         self.rate = rate
@@ -174,6 +175,11 @@ class Demo:
         self.out = out
         self.seed = seed
         self.report_every_s = report_every_s
+        self.alerts = alerts
+        # Past 40 % of a run of 45 s or more the flaky dependencies recover, so the alerts
+        # that fired resolve before the end.
+        self.recover_at = duration_s * 0.4 if duration_s >= 45 else None
+        self.recovered = threading.Event()
         self.stop = threading.Event()
         self.broker = _Broker()
         self.spans = SpanSummary()
@@ -204,6 +210,7 @@ class Demo:
             provider.add_span_processor(build_span_processor(settings))
         tracer = provider.get_tracer("stem_observe.demo")
         install(registry=self.registry, tracer_provider=provider)
+        alerting = self._start_alerting() if self.alerts else None
         watched = [signals.SIGNALS[t] for t in (
             ev.TaskPublished, ev.TaskSucceeded, ev.TaskRetry, ev.TaskFailed,
             ev.TaskDeadLettered, ev.WorkerHeartbeat)]
@@ -239,10 +246,33 @@ class Demo:
             self._print_summary(time.monotonic() - started)
             for sig in watched:
                 sig.disconnect(self._count)
+            if alerting is not None:
+                alerting.engine.evaluate()
+                alerting.stop()
             self.server.stop()
             uninstall()
             provider.shutdown()
         return self.counts
+
+    def _start_alerting(self) -> Any:
+        """The rules engine on demo time scales, printing what Slack and PagerDuty would get."""
+        from stem_observe.commands._alerting import Alerting
+        from stem_observe.demo_rules import DEMO_RULES
+        from stem_observe.notify.dispatch import Dispatcher
+        from stem_observe.notify.recording import ConsoleReceiver
+        from stem_observe.rules import parse_rules
+        from stem_observe.rules.engine import Engine
+        from stem_observe.rules.store import MemoryStore
+
+        rules = parse_rules(DEMO_RULES, "demo rules")
+        dispatcher = Dispatcher([ConsoleReceiver("console", stream=self.out,
+                                                 formats=("slack",))], registry=self.registry)
+        dispatcher.start()
+        store = MemoryStore()
+        engine = Engine(rules, dispatcher, registry=self.registry, tick_s=1.0, store=store)
+        engine.install()
+        engine.start()
+        return Alerting(engine, dispatcher, store)
 
     def _start_server(self) -> HttpServer:
         server = HttpServer(registry=self.registry, host=self.host, port=self.port)
@@ -272,10 +302,19 @@ class Demo:
             if self.duration_s and now - started >= self.duration_s:
                 return
             timeout = next_report - now
+            if self.recover_at is not None and not self.recovered.is_set():
+                timeout = min(timeout, started + self.recover_at - now)
             if self.duration_s:
                 timeout = min(timeout, started + self.duration_s - now)
             if self.stop.wait(max(0.0, timeout)):
                 return
+            elapsed = time.monotonic() - started
+            if self.recover_at is not None and elapsed >= self.recover_at and (
+                not self.recovered.is_set()
+            ):
+                self.recovered.set()
+                self._print(f"[{elapsed:5.0f}s] the flaky dependencies recovered: "
+                            "alerts resolve once their windows pass")
             if time.monotonic() >= next_report:
                 next_report += self.report_every_s
                 self._print(self._status_line(time.monotonic() - started))
@@ -324,7 +363,7 @@ class Demo:
         try:
             with run:
                 self.stop.wait(rnd.expovariate(1.0 / kind.mean_s))
-                roll = rnd.random()
+                roll = 1.0 if self.recovered.is_set() else rnd.random()
                 error: Exception | None = None
                 if roll < kind.permanent_rate:
                     error = PermanentError(f"{rnd.choice(kind.errors)}: rejected")

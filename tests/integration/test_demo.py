@@ -97,3 +97,18 @@ def test_demo_ends_by_itself_after_its_duration(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "spans by name:" in result.stdout
+
+
+def test_demo_fires_and_resolves_alerts_and_prints_what_slack_would_get() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stem_observe", "demo", "--duration", "45s", "--port", "0",
+         "--rate", "60", "--seed", "2"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"\[FIRING:1\] DeadLetterGrowth .*queue=\"payments\"", out), out
+    assert "Slack would receive:" in out
+    assert "stem-observe dlq list --queue payments" in out
+    assert "recovered" in out
+    assert re.search(r"\[RESOLVED\] \w+", out), out
