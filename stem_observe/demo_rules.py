@@ -11,10 +11,10 @@ rules:
     kind: rate
     signals: [task-dead-lettered]
     group_by: [queue]
-    window: 20s
+    window: 15s
     threshold: 1
     for: 0s
-    keep_firing_for: 10s
+    keep_firing_for: 5s
     severity: error
     annotations:
       summary: "{value} tasks dead-lettered on queue {queue} in {window}"
@@ -23,10 +23,10 @@ rules:
     kind: rate
     signals: [task-retry]
     group_by: [queue]
-    window: 20s
+    window: 15s
     threshold: 8
     for: 5s
-    keep_firing_for: 10s
+    keep_firing_for: 5s
     severity: warning
     annotations:
       summary: "{value} retries on queue {queue} in {window} (threshold {threshold})"

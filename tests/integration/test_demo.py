@@ -101,7 +101,7 @@ def test_demo_ends_by_itself_after_its_duration(tmp_path: Path) -> None:
 
 def test_demo_fires_and_resolves_alerts_and_prints_what_slack_would_get() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stem_observe", "demo", "--duration", "45s", "--port", "0",
+        [sys.executable, "-m", "stem_observe", "demo", "--duration", "55s", "--port", "0",
          "--rate", "60", "--seed", "2"],
         capture_output=True, text=True, timeout=120, check=False,
     )
