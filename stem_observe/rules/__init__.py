@@ -29,6 +29,8 @@ from stem_observe.rules.model import (
 )
 from stem_observe.rules.routing import InhibitRule, Matcher, Receiver, Route, Routing
 from stem_observe.rules.templates import Annotations, Template
+from stem_observe.rules.engine import AlertState, Engine
+from stem_observe.rules.store import MemoryStore, Silence, Store
 from stem_observe.rules.windows import (
     Baseline,
     CountWindows,
@@ -42,6 +44,11 @@ from stem_observe.rules.windows import (
 
 __all__ = [
     "AbsenceRule",
+    "AlertState",
+    "Engine",
+    "MemoryStore",
+    "Silence",
+    "Store",
     "Annotations",
     "Baseline",
     "CountWindows",
