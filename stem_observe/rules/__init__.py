@@ -15,6 +15,7 @@ file, line and key path::
 
 from stem_observe.errors import Problem, RulesError
 from stem_observe.rules._checks import Location
+from stem_observe.rules.engine import AlertState, Engine
 from stem_observe.rules.loader import load_rules, parse_rules
 from stem_observe.rules.model import (
     AbsenceRule,
@@ -28,9 +29,8 @@ from stem_observe.rules.model import (
     SpikeRule,
 )
 from stem_observe.rules.routing import InhibitRule, Matcher, Receiver, Route, Routing
-from stem_observe.rules.templates import Annotations, Template
-from stem_observe.rules.engine import AlertState, Engine
 from stem_observe.rules.store import MemoryStore, Silence, Store
+from stem_observe.rules.templates import Annotations, Template
 from stem_observe.rules.windows import (
     Baseline,
     CountWindows,
@@ -45,13 +45,10 @@ from stem_observe.rules.windows import (
 __all__ = [
     "AbsenceRule",
     "AlertState",
-    "Engine",
-    "MemoryStore",
-    "Silence",
-    "Store",
     "Annotations",
     "Baseline",
     "CountWindows",
+    "Engine",
     "FingerprintCount",
     "FingerprintWindows",
     "GaugeCondition",
@@ -61,6 +58,7 @@ __all__ = [
     "LastSeen",
     "Location",
     "Matcher",
+    "MemoryStore",
     "PoisonPillRule",
     "Problem",
     "RateRule",
@@ -72,7 +70,9 @@ __all__ = [
     "Rule",
     "RuleSet",
     "RulesError",
+    "Silence",
     "SpikeRule",
+    "Store",
     "Template",
     "fingerprint",
     "load_rules",

@@ -24,18 +24,20 @@ from typing import Final
 
 from stem_observe import events as ev
 from stem_observe.notify.model import MAX_SAMPLES, TaskSample
-from stem_observe.rules import (
+from stem_observe.rules.model import (
     AbsenceRule,
-    CountWindows,
-    FingerprintWindows,
     GaugeRule,
-    GaugeValues,
-    LastSeen,
     PoisonPillRule,
     RateRule,
     RatioRule,
     Rule,
     SpikeRule,
+)
+from stem_observe.rules.windows import (
+    CountWindows,
+    FingerprintWindows,
+    GaugeValues,
+    LastSeen,
     fingerprint,
 )
 from stem_observe.sinks._traceparent import sampled_trace_id

@@ -44,8 +44,9 @@ from stem_observe.errors import ConfigError
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.notify.model import Alert, TaskSample, check_trace_template
-from stem_observe.rules import Route, Routing, Rule, RuleSet
 from stem_observe.rules._evaluate import Breach, Key, build_evaluator
+from stem_observe.rules.model import Rule, RuleSet
+from stem_observe.rules.routing import Route, Routing
 from stem_observe.rules.store import MemoryStore, Silence, Store
 
 __all__ = ["AlertState", "Engine", "StateName"]

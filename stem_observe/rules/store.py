@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from stem_observe.errors import StemObserveError
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
-from stem_observe.rules import Matcher
+from stem_observe.rules.routing import Matcher
 
 if TYPE_CHECKING:
     from stem_observe.rules.engine import AlertState
