@@ -22,6 +22,17 @@ def register(commands: Any) -> None:
     check = sub.add_parser("check", help="load and validate rules and routing")
     check.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories")
     check.set_defaults(func=_check)
+    test = sub.add_parser(
+        "test", help="replay events through rules and print what fires when",
+        description="Replay a JSON-lines event file (one {\"at\": \"30s\", \"signal\": "
+                    "\"task-retry\", ...} per line) through the rules on a simulated clock "
+                    "and print every alert state change, like `promtool test rules`.")
+    test.add_argument("rules", metavar="RULES", help="rule file or directory")
+    test.add_argument("events", metavar="EVENTS", help="JSON-lines event file")
+    test.add_argument("--tick", type=duration, default=5.0, help="evaluation interval (5s)")
+    test.add_argument("--tail", type=duration, default=600.0,
+                      help="time simulated after the last event (default: 10m)")
+    test.set_defaults(func=_test)
 
     alerts = commands.add_parser("alerts", help="list the alerts of a running serve")
     alerts.add_argument("--url", default="http://127.0.0.1:9464",
@@ -60,6 +71,25 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     receivers = len(rule_set.routing.receivers) if rule_set.routing else 0
     print(f"OK: {len(rule_set.rules)} rule(s), {receivers} receiver(s)")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from stem_observe.rules import load_rules
+    from stem_observe.rules.replay import read_events, replay
+
+    try:
+        rule_set = load_rules(args.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    events = read_events(args.events)
+    transitions = replay(rule_set, events, tick_s=args.tick, tail_s=args.tail)
+    for transition in transitions:
+        print(transition.line())
+    if not transitions:
+        print("No alert changed state.")
     return 0
 
 
