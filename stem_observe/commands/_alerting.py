@@ -27,7 +27,7 @@ from stem_observe.notify.config import build_receiver
 from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.rules import Routing, RuleSet, load_rules
 from stem_observe.rules.engine import Engine
-from stem_observe.rules.store import MemoryStore
+from stem_observe.rules.store import MemoryStore, Store
 from stem_observe.server import HttpServer, Request, Response, json_response
 
 __all__ = ["Alerting", "start_alerting"]
@@ -39,7 +39,7 @@ logger = logging.getLogger("stem_observe.alerting")
 class Alerting:
     engine: Engine
     dispatcher: Dispatcher
-    store: MemoryStore
+    store: Store
 
     def stop(self) -> None:
         self.engine.stop()
@@ -57,16 +57,38 @@ def build_receivers(rules: RuleSet) -> list[Receiver]:
 def start_alerting(
     paths: list[str], server: HttpServer | None, *, registry: CollectorRegistry = REGISTRY,
     tick_s: float = 5.0, receivers: list[Receiver] | None = None,
+    state_redis: str | None = None,
 ) -> Alerting:
-    """Load ``paths`` (files or directories of rules), start the engine, add the API."""
+    """Load ``paths`` (files or directories of rules), start the engine, add the API.
+
+    With ``state_redis`` (a Redis URL), silences, the alert-state snapshot and the
+    notification log live in Redis and are shared by every instance using it; each
+    notification is claimed there before it is sent (see :mod:`stem_observe.notify.redis_log`).
+    """
     for path in paths:
         if not Path(path).exists():
             raise ConfigError("--rules", f"no such file or directory: {path}")
     rules = load_rules(*paths)
-    dispatcher = Dispatcher(receivers if receivers is not None else build_receivers(rules),
-                            registry=registry)
+    built = receivers if receivers is not None else build_receivers(rules)
+    store: Store
+    if state_redis:
+        import redis
+
+        from stem_observe.notify.redis_log import RedisNotificationLog, claiming
+        from stem_observe.rules.redis_store import RedisStore
+
+        try:
+            client = redis.Redis.from_url(state_redis, socket_timeout=1.0,
+                                          socket_connect_timeout=1.0)
+        except ValueError as exc:
+            raise ConfigError("--state-redis", f"invalid Redis URL: {exc}") from None
+        log = RedisNotificationLog(client, registry=registry)
+        dispatcher = Dispatcher(claiming(built, log), registry=registry, log=log)
+        store = RedisStore(client)
+    else:
+        dispatcher = Dispatcher(built, registry=registry)
+        store = MemoryStore()
     dispatcher.start()
-    store = MemoryStore()
     engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store)
     engine.install()
     engine.start()
@@ -75,7 +97,7 @@ def start_alerting(
     return Alerting(engine, dispatcher, store)
 
 
-def _routes(server: HttpServer, engine: Engine, store: MemoryStore) -> None:
+def _routes(server: HttpServer, engine: Engine, store: Store) -> None:
     def alerts(headers: dict[str, str]) -> Response:
         return json_response(200, {"alerts": [a.to_json() for a in engine.alerts()]})
 

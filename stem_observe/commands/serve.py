@@ -56,6 +56,10 @@ def register(commands: Any) -> None:
                             "default: $STEM_OBSERVE_RULES, else no alerting)")
     serve.add_argument("--tick", type=duration, default=5.0,
                        help="how often alert rules are evaluated (default: 5s)")
+    serve.add_argument("--state-redis", default=None, metavar="URL",
+                       help="share silences, alert state and the notification log between "
+                            "instances in this Redis (may be the broker URL; default: "
+                            "$STEM_OBSERVE_STATE_REDIS, else in memory)")
     serve.add_argument("--host", default=None, help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: 9464)")
     serve.set_defaults(func=run)
@@ -108,7 +112,10 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         if rule_paths:
             from stem_observe.commands._alerting import start_alerting
 
-            alerting = start_alerting(rule_paths, server, tick_s=args.tick)
+            state_redis = (args.state_redis
+                           or os.environ.get("STEM_OBSERVE_STATE_REDIS") or None)
+            alerting = start_alerting(rule_paths, server, tick_s=args.tick,
+                                      state_redis=state_redis)
         server.start()
         watcher.start()
         print(f"stem-observe serve: watching {where} (namespace "
