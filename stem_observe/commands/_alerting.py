@@ -74,7 +74,7 @@ def start_alerting(
     if state_redis:
         import redis
 
-        from stem_observe.notify.redis_log import RedisNotificationLog, claiming
+        from stem_observe.notify.redis_log import RedisNotificationLog
         from stem_observe.rules.redis_store import RedisStore
 
         try:
@@ -83,7 +83,7 @@ def start_alerting(
         except ValueError as exc:
             raise ConfigError("--state-redis", f"invalid Redis URL: {exc}") from None
         log = RedisNotificationLog(client, registry=registry)
-        dispatcher = Dispatcher(claiming(built, log), registry=registry, log=log)
+        dispatcher = Dispatcher(built, registry=registry, log=log)
         store = RedisStore(client)
     else:
         dispatcher = Dispatcher(built, registry=registry)

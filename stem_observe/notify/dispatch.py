@@ -350,13 +350,37 @@ class Dispatcher:
             item, depth = taken
             self.policy.metrics.queue_depth.labels(name).set(depth)
             try:
+                outcome = self._claim(item.notification)
+                if outcome == "lost":  # another instance sends it; nothing to count here
+                    self._finish(lane, item, DeliveryResult(
+                        name, item.notification.notification_id, delivered=True, attempts=0,
+                        elapsed_s=0.0, detail={"claimed_elsewhere": "true"}))
+                    continue
                 result = self.policy.deliver(lane.receiver, item.notification,
                                              cancel=self._cancel, handed_over_at=item.queued_at)
+                if outcome == "won" and not result.delivered:
+                    release = getattr(self.log, "release", None)
+                    if callable(release):
+                        release(item.notification)  # let another instance try
                 self._finish(lane, item, result)
             except Exception:  # never let the thread die: later notifications still go
                 logger.exception("delivery to receiver %s failed unexpectedly", name)
             finally:
                 lane.done()
+
+    def _claim(self, notification: Notification) -> str | None:
+        """Ask a log that can (a shared one) to let this instance alone send
+        ``notification``: ``won``, ``lost`` (another instance sends it) or ``unclaimed``
+        (could not ask: fail open and send). ``None`` for logs without claims."""
+        claim = getattr(self.log, "claim", None)
+        if not callable(claim):
+            return None
+        try:
+            outcome, _holder = claim(notification)
+        except Exception:
+            logger.exception("claiming a notification failed; sending without a claim")
+            return "unclaimed"
+        return str(outcome)
 
     def _finish(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         name = lane.receiver.name

@@ -6,13 +6,12 @@ Entries live at ``<prefix>:nflog:<receiver>:<sha256(group key)>`` as JSON and ex
 ``2 * repeat_interval_s``. The dispatcher writes an entry only after a delivery succeeded
 (Alertmanager's ``SetNotifiesStage`` order).
 
-The claim: :class:`ClaimingReceiver` wraps each receiver; before every attempt it runs
-``SET <prefix>:claim:<notification id> <instance> NX PX <claim_ttl>`` (re-entrant for the
-holder, so retries pass). The loser does not send: its attempt "succeeds" without a
-request, and its own log write for that (group, receiver) is skipped so only the winner's
-entry, written after the winner's real delivery, lands in Redis. The holder releases its
-claim (compare-and-delete) after a permanent failure; after transient failures given up on
-it expires with its TTL, then another instance may send.
+The claim: before delivering, the dispatcher asks :meth:`RedisNotificationLog.claim`, which
+runs ``SET <prefix>:claim:<notification id> <instance> NX PX <claim_ttl>`` (re-entrant for
+the holder). The loser does not send and counts nothing as sent; its own log write for that
+(group, receiver) is skipped so only the winner's entry, written after the winner's real
+delivery, lands in Redis. After a delivery that failed for good the dispatcher calls
+:meth:`~RedisNotificationLog.release` (compare-and-delete), so another instance may try.
 
 Failure modes (documented, tested):
 
@@ -38,19 +37,16 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
 from typing import Final, Literal
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from stem_observe.notify.base import DeliveryError, Receipt, Receiver
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.dispatch import LogEntry, MemoryNotificationLog
 from stem_observe.notify.model import Notification
-from stem_observe.notify.pacing import Pacer
 
-__all__ = ["ClaimingReceiver", "RedisNotificationLog", "claiming"]
+__all__ = ["RedisNotificationLog"]
 
 logger = logging.getLogger("stem_observe.notify.redis_log")
 
@@ -188,53 +184,3 @@ class RedisNotificationLog:
 
     def __repr__(self) -> str:
         return f"RedisNotificationLog(prefix={self.prefix!r}, instance={self.instance!r})"
-
-
-class ClaimingReceiver:
-    """``inner``, sending only what this instance claimed in ``log`` (or could not claim)."""
-
-    def __init__(self, inner: Receiver, log: RedisNotificationLog) -> None:
-        self.inner = inner
-        self.log = log
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def send_resolved(self) -> bool:
-        return self.inner.send_resolved
-
-    @property
-    def pacer(self) -> Pacer | None:
-        return self.inner.pacer
-
-    @property
-    def timeout_s(self) -> float:
-        return float(getattr(self.inner, "timeout_s", 10.0))
-
-    def send(self, notification: Notification) -> Receipt:
-        outcome, holder = self.log.claim(notification)
-        if outcome == "lost":
-            return Receipt(None, {"claimed_by": holder})
-        try:
-            return self.inner.send(notification)
-        except DeliveryError as exc:
-            if not exc.retryable and outcome == "won":
-                self.log.release(notification)
-            raise
-        except Exception:
-            if outcome == "won":
-                self.log.release(notification)
-            raise
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __repr__(self) -> str:
-        return f"ClaimingReceiver({self.inner!r})"
-
-
-def claiming(receivers: Iterable[Receiver], log: RedisNotificationLog) -> list[Receiver]:
-    """Every receiver wrapped in a :class:`ClaimingReceiver` on ``log``."""
-    return [ClaimingReceiver(receiver, log) for receiver in receivers]

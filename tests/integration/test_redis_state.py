@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from stem_observe.notify.base import RetryPolicy
 from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.notify.model import Alert
-from stem_observe.notify.redis_log import RedisNotificationLog, claiming
+from stem_observe.notify.redis_log import RedisNotificationLog
 from stem_observe.notify.webhook import WebhookReceiver
 from stem_observe.rules.engine import AlertState
 from stem_observe.rules.redis_store import RedisStore, server_time
@@ -43,8 +43,7 @@ class Instance:
         self.log = RedisNotificationLog(client(url), instance=name, registry=self.registry,
                                         claim_ttl_s=30.0)
         self.dispatcher = Dispatcher(
-            claiming([WebhookReceiver("hook", receiver_url + "/in", timeout_s=2.0)],
-                     self.log),
+            [WebhookReceiver("hook", receiver_url + "/in", timeout_s=2.0)],
             log=self.log, registry=self.registry,
             retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.1, max_attempts=3,
                               deadline_s=5.0))
@@ -119,6 +118,11 @@ def test_two_instances_notifying_at_once_send_exactly_one_request(
         assert len(receiver_server.received()) == 1
         assert sorted([a.claims("won"), b.claims("won")]) == [0.0, 1.0]
         assert a.claims("lost") + b.claims("lost") == 1.0
+        # Only the winner counts a send: the loser made no request and reports none.
+        sent = [inst.registry.get_sample_value(
+            "stem_observe_notifications_total", {"receiver": "hook", "outcome": "sent"}) or 0.0
+            for inst in (a, b)]
+        assert sorted(sent) == [0.0, 1.0]
         # the shared log now holds the winner's entry: neither sends again
         a.notify()
         b.notify()
