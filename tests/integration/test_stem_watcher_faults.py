@@ -9,7 +9,7 @@ import redis
 
 from stem_observe import events as ev
 from stem_observe.sources.stem.keys import StemKeys
-from stem_observe.sources.stem.wire import dumps, heartbeat_to_json
+from stem_observe.sources.stem.wire import dart_iso, dumps, heartbeat_to_json
 from tests.integration.test_stem_watcher import (  # the fixtures too
     Seen,
     client,
@@ -192,3 +192,32 @@ def test_a_burst_of_dead_letters_is_sent_once(client: redis.Redis, seen: Seen) -
     client.lpush(KEYS.dead("emails"), dead_letter("last", dead_at=now + 10))
     watcher.poll_once()
     assert len(seen.of(ev.TaskDeadLettered)) == 6001
+
+
+def test_beat_history_becomes_schedule_signals_with_drift(client: redis.Redis, seen: Seen) -> None:
+    now = time.time()
+    client.zadd("stem:schedule:index", {"nightly": int(now * 1000)})
+    client.hset("stem:schedule:nightly", mapping={"taskName": "reports.nightly",
+                                                  "queue": "reports"})
+    history = "stem:schedule:nightly:history"
+
+    def run(scheduled: float, executed: float, success: bool, error: str = "") -> None:
+        client.xadd(history, {"scheduledAt": dart_iso(scheduled), "executedAt": dart_iso(executed),
+                              "success": "true" if success else "false", "durationMs": "12",
+                              "error": error})
+
+    run(now - 120, now - 119, True)  # history at start
+    watcher = make_watcher(client)
+    watcher.poll_once()
+    assert not seen.of(ev.ScheduleEntryDispatched)
+    run(now - 60, now - 58.5, True)
+    run(now, now + 0.25, False, "StateError: broker down")
+    watcher.poll_once()
+    (dispatched,) = seen.of(ev.ScheduleEntryDispatched)
+    assert (dispatched.entry_id, dispatched.task_name, dispatched.queue) == (
+        "nightly", "reports.nightly", "reports")
+    assert dispatched.drift_s == pytest.approx(1.5, abs=0.01)
+    (failed,) = seen.of(ev.ScheduleEntryFailed)
+    assert (failed.error_type, failed.error_message) == ("StateError", "broker down")
+    watcher.poll_once()
+    assert len(seen.of(ev.ScheduleEntryDispatched)) == 1  # nothing twice

@@ -5,7 +5,8 @@ Three threads, all started by :meth:`StemWatcher.start`:
 * the **poller**, every ``poll_interval_s``: discovers queues, gathers their counts (two
   pipelined round trips for all queues, see ``inspect``) and sends ``queue-snapshot``;
   reads new dead letters (``task-dead-lettered``) and stored worker heartbeats
-  (``worker-heartbeat``);
+  (``worker-heartbeat``), and Beat's schedule history (``schedule-entry-dispatched`` with
+  its drift, ``schedule-entry-failed``);
 * the **reconciler**, every ``reconcile_interval_s`` and whenever the listener
   (re)subscribes: scans every status record, the safety net for transitions that
   notifications missed (its first scan only learns what is there: history is not news);
@@ -39,6 +40,7 @@ from stem_observe.signals import emit
 from stem_observe.sources.stem.deadletters import DeadLetterTracker
 from stem_observe.sources.stem.inspect import QueueStats, discover_queues, queue_stats
 from stem_observe.sources.stem.keys import StemKeys
+from stem_observe.sources.stem.schedules import ScheduleTracker
 from stem_observe.sources.stem.statuses import StatusTracker
 from stem_observe.sources.stem.wire import ParseError, parse_heartbeat, parse_status
 
@@ -127,6 +129,7 @@ class StemWatcher:
             client, self.keys, self._emit, self._parse_error,
             lambda kind: self.metrics.dropped.labels(kind).inc(),
         )
+        self.schedules = ScheduleTracker(client, self.keys, self._emit, self._parse_error)
         self._queues: dict[str, list[str]] = {}
         self._dead_marks: dict[str, tuple[int, bytes | None]] = {}
         self._heartbeats: dict[str, float] = {}  # worker id -> last timestamp sent
@@ -201,6 +204,7 @@ class StemWatcher:
                 queues, self._discovered_at = found, now
         stats = self._step("queues", lambda: queue_stats(self.client, self.keys, queues,
                                                          now=now)) or {}
+        self._step("schedules", functools.partial(self.schedules.poll, prime=self.polls == 0))
         self._send_queues(stats, now)
         for gone in set(self._queues) - set(queues):
             self._emit(ev.QueueSnapshot(occurred_at=now, queue=gone,
