@@ -48,7 +48,10 @@ def to_seconds(value: float | int | str | timedelta, *, key: str = "duration") -
     elif isinstance(value, bool):
         raise ConfigError(key, f"expected a duration, got {value!r}")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ConfigError(key, "expected a duration, got a number too large") from None
     elif isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:

@@ -120,6 +120,7 @@ class HttpServer:
                          else f"no route {path}"})
                 elif not 0 <= length <= MAX_BODY:
                     status, ctype, body = json_response(413, {"error": "body too large"})
+                    self.close_connection = True  # the unread body must not be parsed
                 else:
                     request = Request(
                         method, path, dict(parse_qsl(parts.query)), headers,

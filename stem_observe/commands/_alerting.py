@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -27,10 +28,14 @@ from stem_observe.notify.config import build_receiver
 from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.rules import Routing, RuleSet, load_rules
 from stem_observe.rules.engine import Engine
+from stem_observe.rules.redis_store import StoreUnavailableError
 from stem_observe.rules.store import MemoryStore, Store
 from stem_observe.server import HttpServer, Request, Response, json_response
 
-__all__ = ["Alerting", "start_alerting"]
+__all__ = ["MAX_SILENCE_S", "Alerting", "start_alerting"]
+
+#: The longest silence the API accepts: a longer one is almost surely a mistake.
+MAX_SILENCE_S = 365 * 86_400.0
 
 logger = logging.getLogger("stem_observe.alerting")
 
@@ -40,11 +45,14 @@ class Alerting:
     engine: Engine
     dispatcher: Dispatcher
     store: Store
+    client: Any = None  # the state Redis client, closed last
 
     def stop(self) -> None:
         self.engine.stop()
         self.engine.uninstall()
         self.dispatcher.close(5.0)
+        if self.client is not None:
+            self.client.close()
 
 
 def build_receivers(rules: RuleSet) -> list[Receiver]:
@@ -71,6 +79,7 @@ def start_alerting(
     rules = load_rules(*paths)
     built = receivers if receivers is not None else build_receivers(rules)
     store: Store
+    client = None
     if state_redis:
         import redis
 
@@ -88,13 +97,18 @@ def start_alerting(
     else:
         dispatcher = Dispatcher(built, registry=registry)
         store = MemoryStore()
+    try:
+        engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store)
+    except Exception:
+        if client is not None:
+            client.close()
+        raise
     dispatcher.start()
-    engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store)
     engine.install()
     engine.start()
     if server is not None:
         _routes(server, engine, store)
-    return Alerting(engine, dispatcher, store)
+    return Alerting(engine, dispatcher, store, client)
 
 
 def _routes(server: HttpServer, engine: Engine, store: Store) -> None:
@@ -117,12 +131,16 @@ def _routes(server: HttpServer, engine: Engine, store: Store) -> None:
             if not isinstance(matchers, list) or not matchers:
                 raise ValueError("matchers: a non-empty list such as [\"queue = emails\"]")
             duration = to_seconds(body.get("duration", "1h"), key="duration")
+            if not 0 < duration <= MAX_SILENCE_S:
+                raise ValueError(f"duration: between 0 and {MAX_SILENCE_S:g} seconds (a year)")
             silence = store.add(
                 [str(m) for m in matchers], time.time() + duration,
                 created_by=str(body.get("created_by", "")),
                 comment=str(body.get("comment", "")),
             )
-        except (ValueError, StemObserveError) as exc:
+        except StoreUnavailableError as exc:
+            return json_response(503, {"error": str(exc)})
+        except (ValueError, StemObserveError, RecursionError, OverflowError) as exc:
             return json_response(400, {"error": str(exc)})
         return json_response(201, silence.to_json())
 
