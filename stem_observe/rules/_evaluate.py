@@ -6,18 +6,13 @@ signal: it touches the rule's thread-safe windows and a small sample table under
 lock, and never blocks otherwise. :meth:`_Evaluator.breaches` runs on the tick thread and
 returns only breached label sets, so the engine's per-tick work beyond the windows grows
 with what is wrong, not with what is watched.
-
-A few helpers (the labels an event carries, error fingerprints, durations) mirror
-functions of ``stem_observe.rules.model`` that the package does not export; see
-:func:`_label_values`.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -33,99 +28,19 @@ from stem_observe.rules.model import (
     Rule,
     SpikeRule,
 )
+from stem_observe.rules.signals_map import Key, gauge_value, keys_of
+from stem_observe.rules.templates import format_duration
 from stem_observe.rules.windows import (
     CountWindows,
     FingerprintWindows,
     GaugeValues,
     LastSeen,
-    fingerprint,
+    event_fingerprint,
 )
 from stem_observe.sinks._traceparent import sampled_trace_id
 
-__all__ = ["Breach", "Key", "build_evaluator", "format_duration", "keys_of"]
-
-Key = tuple[str, ...]
-UNKNOWN: Final = "unknown"
+__all__ = ["Breach", "Key", "build_evaluator"]
 _MAX_TRACES: Final = 10_000
-
-
-# --------------------------------------------------------------------------- event labels
-# Mirrors of model.keys_of / gauge_value / error_of / format_duration, which the package
-# ``stem_observe.rules`` does not export (the engine may only import from the package).
-
-
-def _known(value: str | None) -> str:
-    return value if value else UNKNOWN
-
-
-def _label_values(event: ev.Event) -> dict[str, str]:
-    if isinstance(event, ev.TaskEvent):
-        values = {"task": _known(event.task_name), "queue": _known(event.queue),
-                  "worker": _known(event.worker_id)}
-        if isinstance(event, ev.TaskFailed | ev.TaskRetry):
-            values["error_type"] = _known(event.error_type)
-        elif isinstance(event, ev.TaskRevoked | ev.TaskDeadLettered):
-            values["reason"] = _known(event.reason)
-        return values
-    if isinstance(event, ev.WorkerEvent):
-        values = {"worker": _known(event.worker_id)}
-        if isinstance(event, ev.WorkerStopping | ev.WorkerShutdown):
-            values["reason"] = _known(event.reason)
-        return values
-    if isinstance(event, ev.QueueSnapshot):
-        return {"queue": _known(event.queue)}
-    if isinstance(event, ev.ScheduleEntryEvent):
-        values = {"task": _known(event.task_name), "queue": _known(event.queue)}
-        if isinstance(event, ev.ScheduleEntryFailed):
-            values["error_type"] = _known(event.error_type)
-        return values
-    return {}
-
-
-def keys_of(event: ev.Event, group_by: Sequence[str]) -> tuple[Key, ...]:
-    """The label sets ``event`` counts toward (one per queue for a worker event grouped by
-    ``queue``), as ``stem_observe.rules.model.keys_of`` defines them."""
-    values = _label_values(event)
-    if isinstance(event, ev.WorkerEvent) and "queue" in group_by:
-        return tuple(
-            tuple(queue if label == "queue" else values.get(label, UNKNOWN)
-                  for label in group_by)
-            for queue in dict.fromkeys(event.queues or (UNKNOWN,))
-        )
-    return (tuple(values.get(label, UNKNOWN) for label in group_by),)
-
-
-def _gauge_value(event: ev.Event, name: str) -> float | None:
-    value = getattr(event, name, None)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _error_fingerprint(event: ev.Event) -> str | None:
-    if isinstance(event, ev.TaskFailed):
-        return fingerprint(event.error_type or UNKNOWN, event.error_message or "")
-    if isinstance(event, ev.TaskRetry):
-        message = event.error_message if event.error_message is not None else event.reason
-        return fingerprint(event.error_type or UNKNOWN, message or "")
-    if isinstance(event, ev.TaskDeadLettered):
-        return fingerprint(event.reason or UNKNOWN, event.error or "")
-    return None
-
-
-def format_duration(seconds: float) -> str:
-    """``90`` → ``1m30s``, as the rules files write durations."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return str(seconds)
-    if 0 < seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    parts: list[str] = []
-    rest = round(seconds)
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size or (unit == "s" and not parts):
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(parts)
 
 
 def _iso(epoch_s: float) -> str:
@@ -326,7 +241,7 @@ class _AbsenceEvaluator(_Evaluator):
     def _add(self, signal: str, key: Key, event: ev.Event, t: float) -> None:
         when = self.rule.when
         if when is not None and self.gauges is not None and signal == when.signal:
-            value = _gauge_value(event, when.field)
+            value = gauge_value(event, when.field)
             if value is not None:
                 with self._lock:  # read-then-set of the gauge must not interleave
                     before = self.gauges.get(key)
@@ -365,7 +280,7 @@ class _GaugeEvaluator(_Evaluator):
         self.gauges = GaugeValues(max_label_sets=max_label_sets)
 
     def _add(self, signal: str, key: Key, event: ev.Event, t: float) -> None:
-        value = _gauge_value(event, self.rule.field)
+        value = gauge_value(event, self.rule.field)
         if value is not None:
             self.gauges.set(key, t, value)
 
@@ -391,7 +306,7 @@ class _PoisonPillEvaluator(_Evaluator):
         self._lock = threading.Lock()
 
     def _add(self, signal: str, key: Key, event: ev.Event, t: float) -> None:
-        found = _error_fingerprint(event)
+        found = event_fingerprint(event)
         if found is None or not isinstance(event, ev.TaskEvent):
             return
         self.windows.add(key, found, t, event.task_id)

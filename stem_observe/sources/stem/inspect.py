@@ -27,6 +27,7 @@ import redis
 
 from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.wire import DeadLetter, ParseError, parse_dead_letter
+from stem_observe.sources.stem.wire import text as _text
 
 __all__ = ["QueueStats", "discover_queues", "queue_stats"]
 
@@ -53,10 +54,6 @@ class QueueStats:
     """The head of the dead-letter list as stored: it changes whenever an entry is added."""
     streams: list[str] = field(default_factory=list)
     parse_errors: list[ParseError] = field(default_factory=list)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def discover_queues(

@@ -10,21 +10,17 @@ dispatch is ``executedAt - scheduledAt``. The first poll only notes where each h
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
 from stem_observe import events as ev
 from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.wire import ParseError, parse_time
+from stem_observe.sources.stem.wire import text as _text
 
 __all__ = ["ScheduleTracker"]
 
 _PER_POLL = 200
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 class ScheduleTracker:

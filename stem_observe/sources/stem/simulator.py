@@ -37,6 +37,9 @@ from stem_observe.sources.stem.wire import (
     parse_envelope_json,
     parse_time,
 )
+from stem_observe.sources.stem.wire import (
+    text as _text,
+)
 
 __all__ = ["HEARTBEAT_TTL_MS", "RESULT_TTL_MS", "Delivery", "StemSimulator", "TaskRun",
            "retry_delay_ms", "uuid7"]
@@ -100,10 +103,6 @@ class _WorkerStats:
     failed: int = 0
     queues: list[str] = field(default_factory=list)
     last_start_us: int | None = None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class StemSimulator:

@@ -43,6 +43,7 @@ from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.schedules import ScheduleTracker
 from stem_observe.sources.stem.statuses import StatusTracker
 from stem_observe.sources.stem.wire import ParseError, parse_heartbeat, parse_status
+from stem_observe.sources.stem.wire import text as _text
 
 __all__ = ["StemWatcher", "WatcherOptions"]
 
@@ -504,8 +505,3 @@ class StemWatcher:
     def queues(self) -> Iterable[str]:
         return list(self._queues)
 
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return "" if value is None else str(value)

@@ -39,6 +39,7 @@ __all__ = [
     "parse_schedule",
     "parse_status",
     "parse_time",
+    "text",
 ]
 
 P = ParamSpec("P")
@@ -524,7 +525,7 @@ class ScheduleEntry:
 def parse_schedule(entry_id: str, fields: Mapping[Any, Any]) -> ScheduleEntry:
     """A schedule entry from ``HGETALL`` (§3.10): missing ``enabled`` is true, a missing
     ``spec`` is ``every:60s``; ``spec`` is JSON, or a legacy ``every:…`` / cron string."""
-    data = {_decode(k): _decode(v) for k, v in fields.items()}
+    data = {text(k): text(v) for k, v in fields.items()}
     task_name = data.get("taskName")
     if not task_name:
         raise ParseError("schedule", f"schedule {entry_id!r} has no taskName")
@@ -554,7 +555,9 @@ def parse_schedule(entry_id: str, fields: Mapping[Any, Any]) -> ScheduleEntry:
     )
 
 
-def _decode(value: object) -> str:
+def text(value: object) -> str:
+    """A Redis reply as text: bytes decoded (undecodable bytes kept as surrogates), ``None``
+    as ``""``."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return "" if value is None else str(value)
