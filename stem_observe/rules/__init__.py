@@ -16,6 +16,7 @@ file, line and key path::
 from stem_observe.errors import Problem, RulesError
 from stem_observe.rules._checks import Location
 from stem_observe.rules.engine import AlertState, Engine
+from stem_observe.rules.fingerprints import fingerprint
 from stem_observe.rules.loader import load_rules, parse_rules
 from stem_observe.rules.model import (
     AbsenceRule,
@@ -39,7 +40,6 @@ from stem_observe.rules.windows import (
     GaugeValues,
     LastSeen,
     Reading,
-    fingerprint,
 )
 
 __all__ = [

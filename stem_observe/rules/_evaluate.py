@@ -19,6 +19,7 @@ from typing import Final
 
 from stem_observe import events as ev
 from stem_observe.notify.model import MAX_SAMPLES, TaskSample
+from stem_observe.rules.fingerprints import event_fingerprint
 from stem_observe.rules.model import (
     AbsenceRule,
     GaugeRule,
@@ -35,7 +36,6 @@ from stem_observe.rules.windows import (
     FingerprintWindows,
     GaugeValues,
     LastSeen,
-    event_fingerprint,
 )
 from stem_observe.sinks._traceparent import sampled_trace_id
 

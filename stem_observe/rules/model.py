@@ -59,7 +59,6 @@ from stem_observe.rules.signals_map import (
     UNKNOWN,
     Key,
     Label,
-    error_of,
 )
 from stem_observe.rules.templates import Annotations, format_value
 
@@ -73,7 +72,6 @@ __all__ = [
     "GaugeCondition",
     "GaugeOp",
     "GaugeRule",
-    "Key",  # re-exported from .signals_map: windows.py imports it from here
     "Kind",
     "PoisonPillRule",
     "RateRule",
@@ -82,7 +80,6 @@ __all__ = [
     "RuleSet",
     "Severity",
     "SpikeRule",
-    "error_of",  # re-exported from .signals_map: windows.py imports it from here
 ]
 
 Kind = Literal["rate", "ratio", "spike", "absence", "gauge", "poison_pill"]
@@ -473,7 +470,7 @@ class PoisonPillRule(Rule):
     """One task failing with one error fingerprint ``min_count`` times within ``window_s``.
 
     The fingerprint (error type and the message with numbers, ids and hex collapsed, see
-    :func:`~stem_observe.rules.windows.fingerprint`) is an implicit extra key beside
+    :func:`~stem_observe.rules.fingerprints.fingerprint`) is an implicit extra key beside
     ``group_by``, which must include ``task``. Alerts carry it and up to ``max_samples``
     task ids.
     """

@@ -13,14 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stem_observe import events as ev
+from stem_observe.rules.fingerprints import event_fingerprint, fingerprint
 from stem_observe.rules.windows import (
     OVERFLOW,
     CountWindows,
     FingerprintWindows,
     GaugeValues,
     LastSeen,
-    event_fingerprint,
-    fingerprint,
 )
 
 W = 10.0  # bucket width of every store below
