@@ -23,7 +23,6 @@ and a reconnect triggers a reconcile. Nothing here writes to Redis, except
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import threading
@@ -437,7 +436,8 @@ class StemWatcher:
 
     def _on_heartbeat_message(self, data: Any) -> None:
         try:
-            event = parse_heartbeat(data, seen_at=time.time())
+            event = parse_heartbeat(data, seen_at=time.time(),
+                                    interval_s=self.options.heartbeat_interval_s)
         except ParseError as exc:
             self._parse_error(exc)
             return
@@ -455,7 +455,8 @@ class StemWatcher:
             if raw is None:
                 continue  # its key expired: Stem removes it from the set lazily
             try:
-                event = parse_heartbeat(raw, seen_at=now)
+                event = parse_heartbeat(raw, seen_at=now,
+                                        interval_s=self.options.heartbeat_interval_s)
             except ParseError as exc:
                 self._parse_error(exc)
                 continue
@@ -478,8 +479,6 @@ class StemWatcher:
             if last is not None and event.timestamp <= last:
                 return  # already sent, or older (stored key and pub/sub race)
             self._heartbeats[event.worker_id] = event.timestamp
-        if event.interval_s is None:
-            event = dataclasses.replace(event, interval_s=self.options.heartbeat_interval_s)
         self._emit(event)
 
     # ----------------------------------------------------------------- plumbing

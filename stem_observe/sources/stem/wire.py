@@ -409,8 +409,13 @@ def parse_dead_letter(raw: str | bytes) -> DeadLetter:
 
 
 @_lenient("heartbeat")
-def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.WorkerHeartbeat:
-    """A ``worker-heartbeat`` event from Stem's heartbeat JSON (schema version ``"1"``)."""
+def parse_heartbeat(
+    raw: str | bytes, *, seen_at: float | None = None, interval_s: float | None = None,
+) -> ev.WorkerHeartbeat:
+    """A ``worker-heartbeat`` event from Stem's heartbeat JSON (schema version ``"1"``).
+
+    The JSON does not carry the worker's heartbeat interval: pass the deployment's as
+    ``interval_s`` so staleness can be judged against it."""
     data = _object(_loads(raw, "heartbeat"), "heartbeat", "heartbeat")
     worker_id = data.get("workerId")
     if not isinstance(worker_id, str) or not worker_id:
@@ -466,6 +471,7 @@ def parse_heartbeat(raw: str | bytes, *, seen_at: float | None = None) -> ev.Wor
         uptime_s=_int(extras["uptimeMs"]) / 1000 if "uptimeMs" in extras else None,
         broadcasts=tuple(b for b in _list(subscriptions.get("broadcasts")) if isinstance(b, str)),
         extras=extras,
+        interval_s=interval_s,
         version=str(data.get("version") or "1"),
     )
 
