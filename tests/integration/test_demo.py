@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
+from tests.support.process import Running
 from tests.support.wait import wait_for
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -24,25 +23,10 @@ def scrape(url: str) -> str:
 
 
 def test_demo_serves_metrics_with_retries_dead_letters_and_exemplars(tmp_path: Path) -> None:
-    stderr = (tmp_path / "stderr").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stem_observe", "demo", "--duration", "120s", "--port", "0",
-         "--rate", "80", "--seed", "7"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
+    demo = Running(["demo", "--duration", "120s", "--port", "0", "--rate", "80",
+                    "--seed", "7"], tmp_path, stop_signal=signal.SIGINT)
     try:
-        banner = wait_for(
-            lambda: next((line for line in list(lines) if "metrics :" in line), None),
-            timeout_s=30, message="the demo banner",
-        )
-        match = re.search(r"(http://\S+/metrics)", banner)
-        assert match, banner
-        url = match.group(1)
+        url = demo.wait_line(r"metrics : (http://\S+/metrics)").group(1)
 
         def interesting() -> str | None:
             body = scrape(url)
@@ -63,18 +47,9 @@ def test_demo_serves_metrics_with_retries_dead_letters_and_exemplars(tmp_path: P
                          body, re.M)
         assert re.search(r"^stem_task_queue_wait_seconds_count\{", body, re.M)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            reader.join(timeout=5)
-            process.stdout.close()
-            stderr.close()
-    output = "".join(lines)
-    assert process.returncode == 0, (output, (tmp_path / "stderr").read_text())
+        returncode = demo.stop()
+    output = demo.output
+    assert returncode == 0, (output, demo.stderr_path.read_text())
     assert "spans by name:" in output
     assert re.search(r"failed task [0-9a-f-]{36} -> trace [0-9a-f]{32}", output)
 

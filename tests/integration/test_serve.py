@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +14,7 @@ import pytest
 import redis
 
 from stem_observe.sources.stem.simulator import StemSimulator
+from tests.support.process import Running
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 
@@ -33,14 +31,9 @@ def fetch(url: str, accept: str = OPENMETRICS) -> tuple[int, str]:
 
 
 class Served:
-    def __init__(self, process: subprocess.Popen[str], lines: list[str]) -> None:
-        self.process = process
-        self.lines = lines
-        banner = wait_for(lambda: next((x for x in list(lines) if "metrics at" in x), None),
-                          timeout_s=30, message="the serve banner")
-        match = re.search(r"(http://\S+)/metrics", banner)
-        assert match, banner
-        self.base = match.group(1)
+    def __init__(self, running: Running) -> None:
+        self.running = running
+        self.base = running.base_url()
 
     def metrics(self) -> str:
         return fetch(f"{self.base}/metrics")[1]
@@ -52,33 +45,14 @@ class Served:
 
 @pytest.fixture
 def served(redis_url: str, tmp_path: Path) -> Iterator[Served]:
-    stderr = (tmp_path / "stderr").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stem_observe", "serve", "--broker", redis_url, "--port", "0",
-         "--poll-interval", "0.2s", "--reconcile-interval", "2s", "--notifications", "enable"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
+    running = Running(["serve", "--broker", redis_url, "--port", "0", "--poll-interval", "0.2s",
+                       "--reconcile-interval", "2s", "--notifications", "enable"], tmp_path)
     try:
-        yield Served(process, lines)
+        yield Served(running)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            reader.join(timeout=5)
-            process.stdout.close()
-            stderr.close()
-    assert process.returncode == 0, (tmp_path / "stderr").read_text()
-    assert any("stopping" in line for line in lines)
+        returncode = running.stop()
+    assert returncode == 0, running.stderr_path.read_text()
+    assert any("stopping" in line for line in running.lines)
 
 
 def test_serve_turns_stem_redis_into_exact_metrics_with_task_id_exemplars(

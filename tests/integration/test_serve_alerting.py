@@ -4,12 +4,8 @@ local webhook receiver; ``/api/alerts`` and ``/api/silences`` answer."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import httpx
 import redis
 
 from stem_observe.sources.stem.simulator import StemSimulator
+from tests.support.process import Running
 from tests.support.recording_server import RecordingServer
 from tests.support.wait import wait_for
 
@@ -51,25 +48,12 @@ routing:
 def test_serve_fires_a_dead_letter_alert_into_a_webhook(redis_url: str, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
     rules.write_text(RULES)
-    stderr = (tmp_path / "stderr").open("w")
     with RecordingServer() as hook:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stem_observe", "serve", "--broker", redis_url,
-             "--port", "0", "--poll-interval", "0.2s", "--discover-interval", "0.2s",
-             "--rules", str(rules), "--tick", "0.2s"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TEST_WEBHOOK_URL": hook.url + "/hook"},
-        )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(process.stdout or []),
-                                  daemon=True)
-        reader.start()
+        serve = Running(["serve", "--broker", redis_url, "--port", "0", "--poll-interval", "0.2s",
+                         "--discover-interval", "0.2s", "--rules", str(rules), "--tick", "0.2s"],
+                        tmp_path, env={"TEST_WEBHOOK_URL": hook.url + "/hook"})
         try:
-            banner = wait_for(lambda: next((x for x in list(lines) if "metrics at" in x), None),
-                              timeout_s=30, message="the banner")
-            match = re.search(r"(http://\S+)/metrics", banner)
-            assert match
-            base = match.group(1)
+            base = serve.base_url()
             wait_for(lambda: urllib.request.urlopen(f"{base}/readyz").status == 200,
                      message="ready")
             client = redis.Redis.from_url(redis_url)
@@ -101,18 +85,8 @@ def test_serve_fires_a_dead_letter_alert_into_a_webhook(redis_url: str, tmp_path
             bad = httpx.post(f"{base}/api/silences", timeout=5, json={"matchers": []})
             assert bad.status_code == 400
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-                reader.join(timeout=5)
-                assert process.stdout is not None
-                process.stdout.close()
-                stderr.close()
-    assert process.returncode == 0, (tmp_path / "stderr").read_text()
+            returncode = serve.stop()
+    assert returncode == 0, serve.stderr_path.read_text()
 
 
 def test_rules_check_names_file_line_and_key(tmp_path: Path) -> None:
