@@ -35,6 +35,7 @@ __all__ = [
     "schedule_entry_dispatched",
     "schedule_entry_due",
     "schedule_entry_failed",
+    "send",
     "signal_for",
     "task_dead_lettered",
     "task_failed",
@@ -123,7 +124,14 @@ def emit(event: ev.Event, sender: Any = "python") -> None:
     sig = SIGNALS.get(type(event))
     if sig is None:
         sig = signal_for(type(event))
-    if not sig.receivers or sig.is_muted:
+    if sig.receivers:
+        send(sig, event, sender)
+
+
+def send(sig: NamedSignal, event: ev.Event, sender: Any = "python") -> None:
+    """:func:`emit` for a caller that already knows ``event``'s signal and checked that it
+    has receivers (so as not to build the event otherwise): the worker API's hot path."""
+    if sig.is_muted:
         return
     for ref in _route(sig, sender):
         receiver = ref()

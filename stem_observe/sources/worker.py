@@ -116,14 +116,14 @@ class TaskRun:
         now = time.time()
         # Build an event only when someone listens: nothing installed costs almost nothing.
         if self.send_received and sig.task_received.receivers:
-            emit(ev.TaskReceived(
+            sig.send(sig.task_received, ev.TaskReceived(
                 occurred_at=now, task_id=self.task_id, task_name=self.task_name,
                 queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
                 worker_id=self.worker_id, headers=self.headers, in_process=True,
                 enqueued_at=self.enqueued_at, eta=self.eta,
             ), _SENDER)
         if sig.task_prerun.receivers:
-            emit(ev.TaskPrerun(
+            sig.send(sig.task_prerun, ev.TaskPrerun(
                 occurred_at=now, task_id=self.task_id, task_name=self.task_name,
                 queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
                 worker_id=self.worker_id, headers=self.headers, in_process=True,
@@ -151,7 +151,7 @@ class TaskRun:
             if exc is None:
                 self._state = "succeeded"
                 if sig.task_succeeded.receivers:
-                    emit(ev.TaskSucceeded(
+                    sig.send(sig.task_succeeded, ev.TaskSucceeded(
                         occurred_at=now, task_id=self.task_id, task_name=self.task_name,
                         queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
                         worker_id=self.worker_id, headers=self.headers, in_process=True,
@@ -161,7 +161,7 @@ class TaskRun:
                 self._state = "failed"
                 self._emit_failed(exc, runtime, now)
         if sig.task_postrun.receivers:
-            emit(ev.TaskPostrun(
+            sig.send(sig.task_postrun, ev.TaskPostrun(
                 occurred_at=now, task_id=self.task_id, task_name=self.task_name,
                 queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
                 worker_id=self.worker_id, headers=self.headers, in_process=True,
@@ -184,7 +184,7 @@ class TaskRun:
     def _emit_failed(self, exc: BaseException, runtime: float, now: float) -> None:
         if not sig.task_failed.receivers:
             return
-        emit(ev.TaskFailed(
+        sig.send(sig.task_failed, ev.TaskFailed(
             occurred_at=now, task_id=self.task_id, task_name=self.task_name,
             queue=self.queue, attempt=self.attempt, max_retries=self.max_retries,
             worker_id=self.worker_id, headers=self.headers, in_process=True,
