@@ -27,8 +27,8 @@ _TRACEPARENT: Final = re.compile(
 )
 
 
-def _parse(value: object) -> tuple[int, int, int] | None:
-    """``(trace_id, span_id, flags)`` of a valid W3C ``traceparent`` value, else ``None``."""
+def _fields(value: object) -> tuple[str, str, int] | None:
+    """``(trace id hex, span id hex, flags)`` of a valid W3C ``traceparent``, else ``None``."""
     if not isinstance(value, str):
         return None
     match = _TRACEPARENT.match(value)
@@ -37,26 +37,15 @@ def _parse(value: object) -> tuple[int, int, int] | None:
     version, trace_hex, span_hex, flags_hex, rest = match.groups()
     if version == "ff" or (version == "00" and rest):
         return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if not trace_id or not span_id:
+    if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
         return None
-    return trace_id, span_id, int(flags_hex, 16)
+    return trace_hex, span_hex, int(flags_hex, 16)
 
 
 def sampled_trace_id(headers: Any) -> str | None:
     """The trace id (32 hex digits) of a valid, sampled ``traceparent`` header, or ``None``."""
-    value = headers.get("traceparent") if headers else None
-    if not isinstance(value, str):
-        return None
-    match = _TRACEPARENT.match(value)
-    if match is None:
-        return None
-    version, trace_hex, span_hex, flags_hex, rest = match.groups()
-    if version == "ff" or (version == "00" and rest) or not int(flags_hex, 16) & 1:
-        return None
-    if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
-        return None
-    return trace_hex
+    fields = _fields(headers.get("traceparent")) if headers else None
+    return fields[0] if fields is not None and fields[2] & 1 else None
 
 
 def remote_parent(headers: Any) -> Context | None:
@@ -72,9 +61,10 @@ def remote_parent(headers: Any) -> Context | None:
         context = _PROPAGATOR.extract(headers, context=Context())
         span_context = get_current_span(context).get_span_context()
         return context if span_context.is_valid else None
-    parsed = _parse(headers.get("traceparent"))
-    if parsed is None:
+    fields = _fields(headers.get("traceparent"))
+    if fields is None:
         return None
-    trace_id, span_id, flags = parsed
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
+    trace_hex, span_hex, flags = fields
+    parent = SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True,
+                         trace_flags=TraceFlags(flags & 1))
     return set_span_in_context(NonRecordingSpan(parent), Context())
