@@ -1,11 +1,15 @@
-"""What every HTTP receiver shares: one client per receiver, error translation, status
-classification, ``Retry-After`` parsing and the redaction of secret URLs from httpx's logs."""
+"""What every HTTP receiver shares: one client per receiver (on a
+:class:`~stem_observe.notify._transport.DeadlineTransport`, so ``timeout_s`` bounds each
+request in total and :meth:`HttpReceiver.close` aborts one in flight), error translation,
+status classification, ``Retry-After`` parsing and the redaction of secret URLs from httpx's
+logs."""
 
 from __future__ import annotations
 
 import email.utils
 import json
 import logging
+import threading
 from collections.abc import Collection, Mapping
 from typing import Final, Self
 
@@ -13,6 +17,7 @@ import httpx
 
 from stem_observe.config import to_seconds
 from stem_observe.errors import ConfigError
+from stem_observe.notify._transport import DEADLINE_EXTENSION, DeadlineTransport
 from stem_observe.notify.base import DeliveryError, ErrorKind, Receipt
 from stem_observe.notify.clock import Clock
 from stem_observe.notify.model import Notification
@@ -74,27 +79,33 @@ def make_client(
     timeout_s: float, transport: httpx.BaseTransport | None,
     headers: Mapping[str, str] | None = None,
 ) -> httpx.Client:
-    """The receiver's one client: per-request timeout, no redirects, no environment proxies
-    guessed for a test transport."""
+    """The receiver's one client: ``timeout_s`` per operation, no redirects, on a
+    :class:`DeadlineTransport` unless ``transport`` is given (a test double, say)."""
     _install_redaction()
     return httpx.Client(
-        timeout=httpx.Timeout(timeout_s), transport=transport, follow_redirects=False,
+        timeout=httpx.Timeout(timeout_s),
+        transport=transport if transport is not None else DeadlineTransport(),
+        follow_redirects=False,
         headers={"User-Agent": "stem-observe", **(headers or {})},
     )
 
 
 def post(
     client: httpx.Client, url: httpx.URL | Secret, *, integration: str, content: bytes,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str], deadline_s: float | None = None,
 ) -> httpx.Response:
-    """POST once; transport failures become retryable :class:`DeliveryError`. A secret URL
-    is revealed only here."""
+    """POST once, within ``deadline_s`` in total when the transport honours it; transport
+    failures become retryable :class:`DeliveryError`. A secret URL is revealed only here."""
     target = url.reveal() if isinstance(url, Secret) else url
+    extensions = {} if deadline_s is None else {DEADLINE_EXTENSION: deadline_s}
     try:
-        response = client.post(target, content=content, headers=dict(headers))
+        response = client.post(target, content=content, headers=dict(headers),
+                               extensions=extensions)
     except httpx.TimeoutException as exc:
-        raise DeliveryError(f"{integration}: request timed out ({type(exc).__name__})",
-                            kind="timeout", retryable=True) from None
+        detail = f": {exc}" if str(exc) else ""
+        raise DeliveryError(
+            f"{integration}: request timed out ({type(exc).__name__}{detail})",
+            kind="timeout", retryable=True) from None
     except httpx.TransportError as exc:
         raise DeliveryError(
             f"{integration}: {type(exc).__name__}: {exc}", kind="transport",
@@ -179,7 +190,10 @@ def classify(
 class HttpReceiver:
     """Shared state of the HTTP receivers: name, one :class:`httpx.Client`, the pacer.
 
-    Subclasses implement ``send``. ``repr`` shows the name only: URLs may be secrets.
+    ``timeout_s`` bounds each request in total: connect, send, the status line and headers,
+    and the body (with the default transport; a given ``transport`` keeps its own rules).
+    Subclasses implement ``send`` and POST with :meth:`_post`. ``repr`` shows the name only:
+    URLs may be secrets.
     """
 
     integration: str = "http"
@@ -198,14 +212,37 @@ class HttpReceiver:
             raise ConfigError(f"receivers.{name}.timeout", "must be positive")
         self.pacer = pacer
         self.clock = clock
+        self._closed = threading.Event()
         self._client = make_client(self.timeout_s, transport, headers)
 
     def send(self, notification: Notification) -> Receipt:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Close the client (its pooled connections)."""
+        """Close the client. A request in flight on another thread fails at once (its
+        connection is shut down) as ``cancelled``, and no new one starts. Idempotent;
+        callable from any thread."""
+        self._closed.set()
         self._client.close()
+
+    def _post(
+        self, url: httpx.URL | Secret, *, content: bytes, headers: Mapping[str, str],
+    ) -> httpx.Response:
+        """:func:`post` within :attr:`timeout_s`; after :meth:`close`, or cut short by it,
+        a non-retryable ``cancelled`` error."""
+        if self._closed.is_set():
+            raise self._cancelled()
+        try:
+            return post(self._client, url, integration=self.integration, content=content,
+                        headers=headers, deadline_s=self.timeout_s)
+        except Exception:
+            if self._closed.is_set():  # whatever the abort made of the request
+                raise self._cancelled() from None
+            raise
+
+    def _cancelled(self) -> DeliveryError:
+        return DeliveryError(f"{self.integration}: the receiver was closed; request abandoned",
+                             kind="cancelled", retryable=False)
 
     def __enter__(self) -> Self:
         return self

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from stem_observe.config import to_seconds
-from stem_observe.notify._http import HttpReceiver, check_url, classify, post
+from stem_observe.notify._http import HttpReceiver, check_url, classify
 from stem_observe.notify.base import Receipt, Secret
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import Alert, Notification, rfc3339
@@ -95,8 +95,7 @@ class AlertmanagerReceiver(HttpReceiver):
         headers = {"Content-Type": "application/json"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
-        response = post(self._client, self._url, integration="alertmanager", content=body,
-                        headers=headers)
+        response = self._post(self._url, content=body, headers=headers)
         if not response.is_success:
             raise classify(response, integration="alertmanager", clock=self.clock,
                            retry_codes=(429,))

@@ -21,7 +21,7 @@ import httpx
 
 from stem_observe.config import to_seconds
 from stem_observe.errors import ConfigError
-from stem_observe.notify._http import HttpReceiver, check_url, classify, post
+from stem_observe.notify._http import HttpReceiver, check_url, classify
 from stem_observe.notify.base import Receipt, Secret
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import (
@@ -228,8 +228,8 @@ class PagerDutyReceiver(HttpReceiver):
     def send(self, notification: Notification) -> Receipt:
         sent_key = dedup_key(notification.group_key)
         body = _encode(self.render(notification, reveal=True))
-        response = post(self._client, self._url, integration="pagerduty", content=body,
-                        headers={"Content-Type": "application/json"})
+        response = self._post(self._url, content=body,
+                              headers={"Content-Type": "application/json"})
         if not response.is_success:
             error = classify(response, integration="pagerduty", clock=self.clock,
                              retry_codes=(429,), detail=_error_details(response))

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import httpx
 
-from stem_observe.notify._http import HttpReceiver, check_url, classify, post, snippet
+from stem_observe.notify._http import HttpReceiver, check_url, classify, snippet
 from stem_observe.notify.base import DeliveryError, Receipt, Secret
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import (
@@ -164,8 +164,8 @@ class SlackReceiver(HttpReceiver):
 
     def send(self, notification: Notification) -> Receipt:
         body = json.dumps(self.render(notification), ensure_ascii=False).encode()
-        response = post(self._client, self._url, integration="slack", content=body,
-                        headers={"Content-Type": "application/json; charset=utf-8"})
+        response = self._post(self._url, content=body, headers={
+            "Content-Type": "application/json; charset=utf-8"})
         if not response.is_success:
             raise classify(response, integration="slack", clock=self.clock,
                            retry_codes=(429,))

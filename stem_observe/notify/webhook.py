@@ -19,7 +19,7 @@ from typing import Any, Final
 import httpx
 
 from stem_observe.errors import ConfigError
-from stem_observe.notify._http import HttpReceiver, check_url, classify, post
+from stem_observe.notify._http import HttpReceiver, check_url, classify
 from stem_observe.notify.base import DeliveryError, Receipt, Secret
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import Alert, Notification, rfc3339
@@ -131,8 +131,7 @@ class WebhookReceiver(HttpReceiver):
             headers["webhook-signature"] = self._signer.signature(msg_id, timestamp, body)
         if self._hub_secret is not None:
             headers["X-Hub-Signature-256"] = hub_signature_256(self._hub_secret, body)
-        response = post(self._client, self._url, integration="webhook", content=body,
-                        headers=headers)
+        response = self._post(self._url, content=body, headers=headers)
         if response.is_success:
             return Receipt(response.status_code, {"webhook_id": msg_id})
         error = classify(response, integration="webhook", clock=self.clock,

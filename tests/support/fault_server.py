@@ -1,29 +1,38 @@
 """A real local HTTP receiver that answers as a test scripts it: statuses, bodies and headers,
-hangs (never answers), dropped connections, and rate limits; it records every request with
-the monotonic time it arrived."""
+hangs (never answers), dropped connections, answers trickled a byte at a time, and rate
+limits, over HTTP or TLS; it records every request with the monotonic time it arrived."""
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
 class Reply:
     """One answer. ``hang`` keeps the connection open without answering; ``drop`` reads the
-    request and closes the connection without answering."""
+    request and closes the connection without answering. ``trickle`` sends the answer one
+    byte every ``trickle_every_s``: all of it (``"head"``: the status line and headers come
+    slowly) or the body only (``"body"``: the head at once); make it long enough to outlast
+    the test (a big body or header). A trickle stops when the client goes away or the server
+    stops."""
 
     status: int = 200
     body: bytes | str = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     hang: bool = False
     drop: bool = False
+    trickle: Literal["head", "body"] | None = None
+    trickle_every_s: float = 0.05
 
     @property
     def payload(self) -> bytes:
@@ -39,7 +48,7 @@ class Request:
     at: float
     """``time.monotonic()`` when the request had been read."""
     answered: int | None
-    """The status answered; ``None`` for a hang or a drop."""
+    """The status answered; ``None`` for a hang, a drop or a trickle."""
 
 
 Responder = Callable[[Request], Reply]
@@ -47,11 +56,12 @@ Responder = Callable[[Request], Reply]
 
 class FaultServer:
     """Answers with the scripted replies in order, then with ``default`` (or ``responder``,
-    which sees each request and picks the reply)."""
+    which sees each request and picks the reply). With ``tls`` (a server-side context) it
+    speaks HTTPS."""
 
     def __init__(
         self, *replies: Reply, default: Reply | None = None, responder: Responder | None = None,
-        hang_limit_s: float = 30.0,
+        hang_limit_s: float = 30.0, tls: ssl.SSLContext | None = None,
     ) -> None:
         self.default = default or Reply()
         self.responder = responder
@@ -60,6 +70,8 @@ class FaultServer:
         self._requests: list[Request] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self._trickled = 0
+        self.tls = tls
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +83,7 @@ class FaultServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 probe = Request(self.command, self.path, headers, payload, time.monotonic(), None)
                 reply = server._next(probe)
-                answered = None if (reply.hang or reply.drop) else reply.status
+                answered = None if (reply.hang or reply.drop or reply.trickle) else reply.status
                 with server._lock:
                     server._requests.append(Request(
                         probe.method, probe.path, headers, payload, probe.at, answered))
@@ -81,6 +93,9 @@ class FaultServer:
                     return
                 if reply.drop:
                     self.close_connection = True
+                    return
+                if reply.trickle:
+                    self._trickle(reply)
                     return
                 body = reply.payload
                 self.send_response(reply.status)
@@ -94,10 +109,39 @@ class FaultServer:
 
             do_PUT = do_GET = do_POST
 
+            def _trickle(self, reply: Reply) -> None:
+                self.close_connection = True
+                body = reply.payload
+                headers = {"Content-Type": "text/plain; charset=utf-8", **reply.headers,
+                           "Content-Length": str(len(body))}
+                lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+                         *(f"{name}: {value}" for name, value in headers.items()), "", ""]
+                head = "\r\n".join(lines).encode("latin-1")
+                slow = head + body if reply.trickle == "head" else body
+                try:
+                    if reply.trickle == "body":
+                        self.wfile.write(head)
+                    for index in range(len(slow)):
+                        if server._release.wait(reply.trickle_every_s):  # server stopping
+                            return
+                        self.wfile.write(slow[index:index + 1])
+                        with server._lock:
+                            server._trickled += 1
+                except OSError:  # the client gave up
+                    return
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def get_request(self) -> tuple[socket.socket, Any]:
+                sock, address = super().get_request()
+                if tls is not None:  # handshake on the handler's thread, at its first read
+                    sock = tls.wrap_socket(sock, server_side=True,
+                                           do_handshake_on_connect=False)
+                return sock, address
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(
@@ -117,11 +161,16 @@ class FaultServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def requests(self) -> list[Request]:
         with self._lock:
             return list(self._requests)
+
+    def trickled(self) -> int:
+        """Bytes sent so far by trickled replies."""
+        with self._lock:
+            return self._trickled
 
     def answered(self, status: int | None = None) -> list[Request]:
         """Requests answered (with ``status``, or with any 2xx)."""
