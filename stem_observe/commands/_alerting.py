@@ -26,6 +26,7 @@ from stem_observe.errors import ConfigError, StemObserveError
 from stem_observe.notify.base import Receiver
 from stem_observe.notify.config import build_receiver
 from stem_observe.notify.dispatch import Dispatcher
+from stem_observe.notify.outbox import DEFAULT_CLAIM_TIMEOUT_S
 from stem_observe.rules import Routing, RuleSet, load_rules
 from stem_observe.rules.engine import Engine
 from stem_observe.rules.redis_store import StoreUnavailableError
@@ -65,13 +66,15 @@ def build_receivers(rules: RuleSet) -> list[Receiver]:
 def start_alerting(
     paths: list[str], server: HttpServer | None, *, registry: CollectorRegistry = REGISTRY,
     tick_s: float = 5.0, receivers: list[Receiver] | None = None,
-    state_redis: str | None = None,
+    state_redis: str | None = None, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
 ) -> Alerting:
     """Load ``paths`` (files or directories of rules), start the engine, add the API.
 
-    With ``state_redis`` (a Redis URL), silences, the alert-state snapshot and the
-    notification log live in Redis and are shared by every instance using it; each
-    notification is claimed there before it is sent (see :mod:`stem_observe.notify.redis_log`).
+    With ``state_redis`` (a Redis URL), silences, the alert states and the notification log
+    live in Redis and are shared by every instance using it, time is the Redis server's,
+    and notifications pass through the durable outbox (:mod:`stem_observe.notify.outbox`):
+    each alert transition is sent once, and one an instance took and did not finish within
+    ``claim_timeout_s`` is sent by another.
     """
     for path in paths:
         if not Path(path).exists():
@@ -83,7 +86,9 @@ def start_alerting(
     if state_redis:
         import redis
 
+        from stem_observe.notify.outbox import RedisOutbox
         from stem_observe.notify.redis_log import RedisNotificationLog
+        from stem_observe.notify.server_clock import ServerClock
         from stem_observe.rules.redis_store import RedisStore
 
         try:
@@ -91,14 +96,17 @@ def start_alerting(
                                           socket_connect_timeout=1.0)
         except ValueError as exc:
             raise ConfigError("--state-redis", f"invalid Redis URL: {exc}") from None
-        log = RedisNotificationLog(client, registry=registry)
-        dispatcher = Dispatcher(built, registry=registry, log=log)
-        store = RedisStore(client)
+        clock = ServerClock(client)
+        log = RedisNotificationLog(client, clock=clock)
+        outbox = RedisOutbox(client, claim_timeout_s=claim_timeout_s, registry=registry)
+        dispatcher = Dispatcher(built, registry=registry, log=log, outbox=outbox, clock=clock)
+        store = RedisStore(client, clock=clock)
     else:
         dispatcher = Dispatcher(built, registry=registry)
         store = MemoryStore()
     try:
-        engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store)
+        engine = Engine(rules, dispatcher, registry=registry, tick_s=tick_s, store=store,
+                        clock=dispatcher.clock)
     except Exception:
         if client is not None:
             client.close()

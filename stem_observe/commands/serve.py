@@ -60,6 +60,10 @@ def register(commands: Any) -> None:
                        help="share silences, alert state and the notification log between "
                             "instances in this Redis (may be the broker URL; default: "
                             "$STEM_OBSERVE_STATE_REDIS, else in memory)")
+    serve.add_argument("--claim-timeout", type=duration, default=360.0,
+                       help="with --state-redis: how long a notification taken by one "
+                            "instance may stay unfinished before another sends it "
+                            "(default: 6m, longer than the 5m retry deadline)")
     serve.add_argument("--host", default=None, help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: 9464)")
     serve.set_defaults(func=run)
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
             state_redis = (args.state_redis
                            or os.environ.get("STEM_OBSERVE_STATE_REDIS") or None)
             alerting = start_alerting(rule_paths, server, tick_s=args.tick,
-                                      state_redis=state_redis)
+                                      state_redis=state_redis,
+                                      claim_timeout_s=args.claim_timeout)
         server.start()
         watcher.start()
         print(f"stem-observe serve: watching {where} (namespace "

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["OUTCOMES", "NotifyMetrics", "Outcome"]
 
-Outcome = Literal["sent", "retried", "rate_limited", "failed", "dead_lettered"]
+Outcome = Literal["sent", "retried", "rate_limited", "failed", "dead_lettered", "handed_back"]
 OUTCOMES: Final[tuple[Outcome, ...]] = (
-    "sent", "retried", "rate_limited", "failed", "dead_lettered",
+    "sent", "retried", "rate_limited", "failed", "dead_lettered", "handed_back",
 )
 
 _LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -38,7 +38,8 @@ class NotifyMetrics:
             "stem_observe_notifications",
             "Notification deliveries by receiver and outcome: sent, retried (an attempt "
             "failed and another follows), rate_limited (the receiver answered 429), failed "
-            "(given up) and dead_lettered (handed to the dead-letter handler).",
+            "(given up), dead_lettered (handed to the dead-letter handler) and handed_back "
+            "(stopped unfinished at shutdown and given back to the shared outbox).",
             ["receiver", "outcome"], registry=registry,
         )
         self.latency = Histogram(

@@ -237,11 +237,14 @@ class DeliveryPolicy:
     def deliver(
         self, receiver: Receiver, notification: Notification, *,
         cancel: threading.Event | None = None, handed_over_at: float | None = None,
+        hand_back: bool = False,
     ) -> DeliveryResult:
         """Send until delivered, permanently failed, out of attempts or past the deadline.
 
         Never raises for a failed delivery. ``handed_over_at`` (monotonic) starts the latency
-        clock earlier, for example when the notification was queued.
+        clock earlier, for example when the notification was queued. With ``hand_back``, a
+        delivery cancelled (a shutdown) is not dead-lettered: the result says ``cancelled``
+        and the caller gives the notification back to whoever sends it next.
         """
         clock, retry, name = self.clock, self.retry, receiver.name
         started = clock.monotonic()
@@ -251,7 +254,8 @@ class DeliveryPolicy:
             attempt += 1
             if cancel is not None and cancel.is_set():
                 error = DeliveryError("delivery cancelled", kind="cancelled", retryable=False)
-                return self._give_up(receiver, notification, error, attempt - 1, started)
+                return self._give_up(receiver, notification, error, attempt - 1, started,
+                                     hand_back=hand_back)
             remaining = retry.deadline_s - (clock.monotonic() - started)
             pacer = receiver.pacer
             if pacer is not None and not pacer.acquire(
@@ -261,7 +265,8 @@ class DeliveryPolicy:
                 error = DeliveryError(
                     "delivery cancelled" if cancelled else "deadline passed waiting for pacing",
                     kind="cancelled" if cancelled else "deadline", retryable=False)
-                return self._give_up(receiver, notification, error, attempt - 1, started)
+                return self._give_up(receiver, notification, error, attempt - 1, started,
+                                     hand_back=hand_back)
             try:
                 receipt = receiver.send(notification)
             except DeliveryError as exc:
@@ -296,7 +301,8 @@ class DeliveryPolicy:
             if clock.sleep(wait, cancel):
                 stop = DeliveryError(f"delivery cancelled after: {error}", kind="cancelled",
                                      retryable=False, status_code=error.status_code)
-                return self._give_up(receiver, notification, stop, attempt, started)
+                return self._give_up(receiver, notification, stop, attempt, started,
+                                     hand_back=hand_back)
 
     def reject(
         self, receiver: Receiver, notification: Notification, error: DeliveryError,
@@ -307,10 +313,16 @@ class DeliveryPolicy:
 
     def _give_up(
         self, receiver: Receiver, notification: Notification, error: DeliveryError,
-        attempts: int, started: float, *, exhausted: bool = False,
+        attempts: int, started: float, *, exhausted: bool = False, hand_back: bool = False,
     ) -> DeliveryResult:
         name = receiver.name
         text = str(error)
+        if hand_back and error.kind == "cancelled":
+            self.metrics.count(name, "handed_back")
+            return DeliveryResult(name, notification.notification_id, False, attempts,
+                                  self.clock.monotonic() - started,
+                                  status_code=error.status_code, error=text,
+                                  error_kind="cancelled")
         if exhausted:
             text = f"gave up after {attempts} attempts: {text}"
         result = DeliveryResult(

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -43,6 +43,9 @@ from stem_observe.notify.base import (
 )
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import Alert, Notification, NotificationReason
+
+if TYPE_CHECKING:
+    from stem_observe.notify.outbox import OutboxEntry, RedisOutbox
 
 __all__ = [
     "Dispatcher",
@@ -139,6 +142,7 @@ class _Item:
     notification: Notification
     queued_at: float
     on_done: Callable[[DeliveryResult], None] | None
+    outboxed: OutboxEntry | None = None
 
 
 class _Lane:
@@ -185,8 +189,11 @@ class Dispatcher:
     ``retry``, ``clock``, ``registry`` and ``dead_letter`` configure the shared
     :class:`DeliveryPolicy`; ``log`` remembers what was sent (memory by default);
     ``max_queue`` bounds each receiver's queue; ``on_result`` is called on the delivery
-    thread with every :class:`DeliveryResult`. The dispatcher owns the receivers:
-    :meth:`close` closes them. Use as a context manager, or :meth:`start` and :meth:`close`.
+    thread with every :class:`DeliveryResult`. With an ``outbox``
+    (:class:`~stem_observe.notify.outbox.RedisOutbox`), notifications go through it and this
+    instance sends only what it reads from it as leader (or, Redis unreachable, what it
+    queues itself). The dispatcher owns the receivers and the outbox: :meth:`close` closes
+    them. Use as a context manager, or :meth:`start` and :meth:`close`.
     """
 
     def __init__(
@@ -194,7 +201,9 @@ class Dispatcher:
         clock: Clock = SYSTEM_CLOCK, registry: CollectorRegistry = REGISTRY,
         dead_letter: DeadLetterHandler | None = None, log: NotificationLog | None = None,
         max_queue: int = 1000, on_result: Callable[[DeliveryResult], None] | None = None,
+        outbox: RedisOutbox | None = None,
     ) -> None:
+        self.outbox = outbox
         self.policy = DeliveryPolicy(retry, clock=clock, registry=registry,
                                      dead_letter=dead_letter)
         self.clock = clock
@@ -228,6 +237,8 @@ class Dispatcher:
             lane.thread = threading.Thread(
                 target=self._run, args=(lane,), name=f"stem-observe-notify-{name}", daemon=True)
             lane.thread.start()
+        if self.outbox is not None:
+            self.outbox.start(self._take_from_outbox)
 
     def notify(
         self, group_key: str, alerts: Sequence[Alert], *,
@@ -247,8 +258,11 @@ class Dispatcher:
         for name in names:
             receiver = self._lanes[name].receiver
             key = (group_key, name)
+            logged = self.log.get(group_key, name)
+            on_its_way = (self.outbox.last_queued(group_key, name)
+                          if self.outbox is not None else None)
             with self._lock:
-                last = self._pending.get(key) or self.log.get(group_key, name)
+                last = _newest(logged, on_its_way, self._pending.get(key))
                 reason = needs_update(last, firing, resolved,
                                       send_resolved=receiver.send_resolved,
                                       repeat_interval_s=repeat_interval_s, now=now)
@@ -260,11 +274,25 @@ class Dispatcher:
                 if not shown:  # all resolved, and this receiver is not told of resolutions
                     self.log.put(group_key, name, entry)
                     continue
-                self._pending[key] = entry
             notification = Notification(
                 receiver=name, group_key=group_key, alerts=tuple(shown),
                 group_labels=group_labels or {}, reason=reason, sequence=sequence,
                 external_url=external_url)
+            if self.outbox is not None:
+                from stem_observe.notify.outbox import transition_key
+
+                once = transition_key(group_key, name, reason=reason, sequence=sequence,
+                                      entry=entry,
+                                      follows_at=logged.at if logged is not None else None)
+                outcome = self.outbox.enqueue(notification, entry, once)
+                if outcome == "queued":
+                    queued.append(notification)
+                if outcome != "unavailable":  # queued, or already on its way, or full
+                    if outcome == "full":
+                        self._overflow(notification, "outbox full")
+                    continue
+            with self._lock:  # sent from here: Redis unreachable, or no outbox
+                self._pending[key] = entry
             if self._enqueue(notification, self._recorder(key, entry)):
                 queued.append(notification)
         return queued
@@ -287,7 +315,10 @@ class Dispatcher:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued for up to ``timeout_s``, then cancel (waits end at once,
-        what is left is dead-lettered as cancelled), stop the threads, close receivers."""
+        what is left is dead-lettered as cancelled, or handed back to the outbox), stop the
+        threads, close receivers and the outbox."""
+        if self.outbox is not None:
+            self.outbox.stop()
         for lane in self._lanes.values():
             with lane.cond:
                 lane.closing = True
@@ -306,6 +337,8 @@ class Dispatcher:
                 lane.receiver.close()
             except Exception:
                 logger.exception("closing receiver %s failed", lane.receiver.name)
+        if self.outbox is not None:
+            self.outbox.close()
 
     def __enter__(self) -> Dispatcher:
         self.start()
@@ -350,37 +383,64 @@ class Dispatcher:
             item, depth = taken
             self.policy.metrics.queue_depth.labels(name).set(depth)
             try:
-                outcome = self._claim(item.notification)
-                if outcome == "lost":  # another instance sends it; nothing to count here
+                if item.outboxed is not None and self._superseded(item.outboxed):
                     self._finish(lane, item, DeliveryResult(
                         name, item.notification.notification_id, delivered=True, attempts=0,
-                        elapsed_s=0.0, detail={"claimed_elsewhere": "true"}))
+                        elapsed_s=0.0, detail={"superseded": "true"}))
                     continue
-                result = self.policy.deliver(lane.receiver, item.notification,
-                                             cancel=self._cancel, handed_over_at=item.queued_at)
-                if outcome == "won" and not result.delivered:
-                    release = getattr(self.log, "release", None)
-                    if callable(release):
-                        release(item.notification)  # let another instance try
+                result = self.policy.deliver(
+                    lane.receiver, item.notification, cancel=self._cancel,
+                    handed_over_at=item.queued_at, hand_back=item.outboxed is not None)
                 self._finish(lane, item, result)
             except Exception:  # never let the thread die: later notifications still go
                 logger.exception("delivery to receiver %s failed unexpectedly", name)
             finally:
                 lane.done()
 
-    def _claim(self, notification: Notification) -> str | None:
-        """Ask a log that can (a shared one) to let this instance alone send
-        ``notification``: ``won``, ``lost`` (another instance sends it) or ``unclaimed``
-        (could not ask: fail open and send). ``None`` for logs without claims."""
-        claim = getattr(self.log, "claim", None)
-        if not callable(claim):
-            return None
-        try:
-            outcome, _holder = claim(notification)
-        except Exception:
-            logger.exception("claiming a notification failed; sending without a claim")
-            return "unclaimed"
-        return str(outcome)
+    # --- the outbox -----------------------------------------------------------------------
+
+    def _take_from_outbox(self, taken: OutboxEntry) -> bool:
+        """Queue an entry read from the outbox (called on the outbox's thread)."""
+        notification = taken.notification
+        lane = self._lanes.get(notification.receiver)
+        if lane is None:
+            return False
+        outbox = self.outbox
+        assert outbox is not None
+        key = (notification.group_key, notification.receiver)
+
+        def settle(result: DeliveryResult) -> None:
+            if result.delivered and not result.detail.get("superseded"):
+                self.log.put(key[0], key[1], taken.entry)
+            outbox.finish(taken, result)
+
+        depth = lane.put(_Item(notification, self.clock.monotonic(), settle, taken))
+        if depth is None:  # closing, or full: another instance (or this one later) sends it
+            outbox.finish(taken, _handed_back(notification))
+            return True
+        self.policy.metrics.queue_depth.labels(notification.receiver).set(depth)
+        return True
+
+    def _superseded(self, taken: OutboxEntry) -> bool:
+        """Whether the log shows the entry needs no sending: it was delivered already (an
+        instance died between sending and acknowledging), or, for a receiver told of
+        resolutions, a newer state went out since (an entry taken over from a stalled
+        instance): sending it would leave the receiver on a stale state."""
+        notification, entry = taken.notification, taken.entry
+        logged = self.log.get(notification.group_key, notification.receiver)
+        if logged is None:
+            return False
+        if logged == entry:
+            return True
+        receiver = self._lanes[notification.receiver].receiver
+        return receiver.send_resolved and logged.at > entry.at
+
+    def _overflow(self, notification: Notification, why: str) -> None:
+        lane = self._lanes[notification.receiver]
+        self.policy.metrics.dropped.labels(lane.receiver.name).inc()
+        self._finish(lane, _Item(notification, 0.0, None), self.policy.reject(
+            lane.receiver, notification, DeliveryError(why, kind="queue_full",
+                                                       retryable=False)))
 
     def _finish(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         name = lane.receiver.name
@@ -406,7 +466,21 @@ class Dispatcher:
             left = list(lane.items)
             lane.items.clear()
         for item in left:
+            if item.outboxed is not None:  # not lost: another instance sends it
+                self._finish(lane, item, _handed_back(item.notification))
+                continue
             self._finish(lane, item, self.policy.reject(
                 lane.receiver, item.notification,
                 DeliveryError("dispatcher closed", kind="cancelled", retryable=False)))
         self.policy.metrics.queue_depth.labels(lane.receiver.name).set(0)
+
+
+def _newest(*entries: LogEntry | None) -> LogEntry | None:
+    """The latest of the log entries given (by ``at``), ``None`` when all are."""
+    present = [entry for entry in entries if entry is not None]
+    return max(present, key=lambda entry: entry.at) if present else None
+
+
+def _handed_back(notification: Notification) -> DeliveryResult:
+    return DeliveryResult(notification.receiver, notification.notification_id, False, 0, 0.0,
+                          error="handed back to the outbox", error_kind="cancelled")
