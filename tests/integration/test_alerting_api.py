@@ -53,10 +53,20 @@ def api(tmp_path: Path) -> Iterator[str]:
     b'{"matchers": ["queue = a"], "duration": -5}',
     b'{"matchers": [], "duration": "1h"}',
     b"not json",
+    b'{"matchers": ["queue = \xff\xfe"], "duration": "1h"}',  # invalid UTF-8
+    b'{"duration": "1h"}',  # no matchers
 ])
 def test_bad_silences_are_refused_with_400_and_not_stored(api: str, body: bytes) -> None:
     response = httpx.post(api, content=body, timeout=10)
     assert response.status_code == 400, response.text
+    assert httpx.get(api, timeout=5).json() == {"silences": []}
+
+
+def test_a_body_over_the_size_limit_is_refused_with_413(api: str) -> None:
+    """Matrix row 32: a 5 MB body is refused before it is read, and nothing is stored."""
+    body = b'{"matchers": ["queue = a"], "comment": "' + b"x" * (5 << 20) + b'"}'
+    response = httpx.post(api, content=body, timeout=30)
+    assert response.status_code == 413
     assert httpx.get(api, timeout=5).json() == {"silences": []}
 
 
