@@ -285,7 +285,8 @@ class DeliveryPolicy:
             if error.kind == "rate_limited":
                 self.metrics.count(name, "rate_limited")
             if not error.retryable:
-                return self._give_up(receiver, notification, error, attempt, started)
+                return self._give_up(receiver, notification, error, attempt, started,
+                                     hand_back=hand_back)
             wait = error.retry_after_s
             if wait is None:
                 with self._rng_lock:

@@ -328,6 +328,12 @@ class Dispatcher:
             if lane.thread is not None:
                 lane.thread.join(max(0.0, deadline - time.monotonic()))
         self._cancel.set()
+        for lane in self._lanes.values():  # abort requests in flight: they fail at once
+            if lane.thread is not None and lane.thread.is_alive():
+                try:
+                    lane.receiver.close()
+                except Exception:
+                    logger.exception("closing receiver %s failed", lane.receiver.name)
         for lane in self._lanes.values():
             if lane.thread is not None:
                 lane.thread.join(getattr(lane.receiver, "timeout_s", 10.0) + 1.0)
