@@ -1,14 +1,19 @@
 """The rules engine: signals in, alert states and notifications out.
 
 :meth:`Engine.install` connects one receiver per signal the rules need; each event is
-counted into the rule's windows at the time it is *received* (the engine's clock, not the
-worker's). :meth:`Engine.evaluate` is one tick: every rule reads its windows, and each
-(rule, label set) moves through its states::
+counted at the time it is *received* (the engine's clock, not the worker's) into the
+windows its rules read, shared by the rules that read the same thing (see
+:mod:`._sources`). :meth:`Engine.evaluate` is one tick: every rule reads what changed in
+its windows, and each (rule, label set) moves through its states (see :mod:`._instances`)::
 
     inactive ──breach──▶ pending ──breach lasted `for`──▶ firing ──clear lasted
        ▲                   │ (`for: 0`: straight to firing)     `keep_firing_for`──▶ resolved
        └──── clear ────────┘                                                    │
        └────────────────────────────────────────────────────────────────────────┘
+
+A tick costs what changed — label sets with new events or with events leaving a window,
+and the alerts whose timers run — not what is watched: a quiet label set costs nothing
+once its last change was read, and neither does a firing alert whose breach goes on.
 
 Firing and resolved alerts join the groups of their routes (``group_by``). A new group
 waits ``group_wait`` before its first flush, then flushes every ``group_interval``; a flush
@@ -31,9 +36,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal
+from operator import attrgetter
+from typing import Any, ClassVar
 
 from blinker import NamedSignal
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -44,8 +50,9 @@ from stem_observe.errors import ConfigError
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.notify.model import Alert, TaskSample, check_trace_template
-from stem_observe.rules._evaluate import Breach, Key, build_evaluator
-from stem_observe.rules.model import Rule, RuleSet
+from stem_observe.rules._evaluate import Key, Observer, build_evaluators
+from stem_observe.rules._instances import Changed, Instance, RuleStates, StateName
+from stem_observe.rules.model import RuleSet
 from stem_observe.rules.routing import Route, Routing
 from stem_observe.rules.store import MemoryStore, Silence, Store
 
@@ -53,9 +60,6 @@ __all__ = ["AlertState", "Engine", "StateName"]
 
 logger = logging.getLogger("stem_observe.rules.engine")
 
-StateName = Literal["inactive", "pending", "firing", "resolved"]
-_DEAD_LETTER_SIGNALS: Final = frozenset({"task-dead-lettered"})
-_DEAD_LETTER_FIELDS: Final = frozenset({"dead_letters", "oldest_dead_letter_age_s"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,92 +102,13 @@ class AlertState:
         }
 
 
-class _Instance:
-    """The mutable state of one (rule, label set)."""
-
-    __slots__ = (
-        "active_at",
-        "announced",
-        "cleared_at",
-        "fired_at",
-        "inhibited",
-        "key",
-        "labels",
-        "match_labels",
-        "reading",
-        "resolved_at",
-        "rule",
-        "silenced_by",
-        "since",
-        "state",
-    )
-
-    def __init__(self, rule: Rule, reading: Breach, now: float) -> None:
-        self.rule = rule
-        self.key: Key = reading.key
-        self.labels: dict[str, str] = {"severity": rule.severity, **rule.labels,
-                                       **reading.labels}
-        self.match_labels: dict[str, str] = {"alertname": rule.name, **self.labels}
-        self.reading = reading
-        self.state: StateName = "pending"
-        self.since = self.active_at = now
-        self.fired_at: float | None = None
-        self.resolved_at: float | None = None
-        self.cleared_at: float | None = None
-        self.announced = False
-        self.silenced_by: tuple[str, ...] = ()
-        self.inhibited = False
-
-    @property
-    def muted(self) -> bool:
-        return self.inhibited or bool(self.silenced_by)
-
-    def values(self) -> dict[str, object]:
-        return {**self.reading.labels, **self.reading.values}
-
-    def alert(self) -> Alert:
-        rule, reading = self.rule, self.reading
-        rendered = rule.annotations.render(self.values())
-        return Alert(
-            name=rule.name, labels=self.labels, annotations=rendered,
-            status="resolved" if self.state == "resolved" else "firing",
-            starts_at=self.fired_at if self.fired_at is not None else self.active_at,
-            ends_at=self.resolved_at, value=reading.value, threshold=reading.threshold,
-            baseline=reading.baseline, samples=reading.samples,
-            dashboard_url=rendered.get("dashboard_url"), runbook_url=rendered.get("runbook_url"),
-            cli_hint=_cli_hint(rule, self.labels))
-
-    def snapshot(self) -> AlertState:
-        reading = self.reading
-        return AlertState(
-            name=self.rule.name, labels=dict(self.match_labels), state=self.state,
-            since=self.since, active_at=self.active_at, fired_at=self.fired_at,
-            resolved_at=self.resolved_at, value=reading.value, threshold=reading.threshold,
-            baseline=reading.baseline, annotations=self.rule.annotations.render(self.values()),
-            samples=reading.samples, cli_hint=_cli_hint(self.rule, self.labels),
-            silenced_by=self.silenced_by, inhibited=self.inhibited)
-
-
-def _cli_hint(rule: Rule, labels: Mapping[str, str]) -> str | None:
-    queue = labels.get("queue")
-    if not queue or queue == "unknown":
-        return None
-    field_name = getattr(rule, "field", None)
-    if (rule.kind == "poison_pill" or _DEAD_LETTER_SIGNALS & rule.inputs
-            or field_name in _DEAD_LETTER_FIELDS):
-        return f"stem-observe dlq list --queue {queue}"
-    if "worker" in labels:
-        return "stem-observe observe workers"
-    return "stem-observe observe queues"
-
-
 @dataclass(slots=True)
 class _Group:
     route: Route
     key: str
     labels: dict[str, str]
     next_flush: float
-    members: dict[tuple[str, Key], _Instance] = field(default_factory=dict)
+    members: dict[tuple[str, Key], Instance] = field(default_factory=dict)
 
 
 class _Metrics:
@@ -234,9 +159,9 @@ class Engine:
 
     ``clock.time()`` stamps received events and ticks; ``tick_s`` is the tick thread's
     period; ``store`` holds silences and the state snapshot (:class:`~.store.MemoryStore`
-    by default); ``max_label_sets`` bounds each rule's windows. Every receiver the routing
-    names must be one of the dispatcher's (a :class:`ConfigError` otherwise). Without
-    routing in ``rules``, every alert goes to all of the dispatcher's receivers, grouped by
+    by default); ``max_label_sets`` bounds each window. Every receiver the routing names
+    must be one of the dispatcher's (a :class:`ConfigError` otherwise). Without routing in
+    ``rules``, every alert goes to all of the dispatcher's receivers, grouped by
     ``alertname`` with the route defaults.
     """
 
@@ -267,16 +192,17 @@ class Engine:
         self._route_ids = {id(route): str(i) for i, route in enumerate(_walk(self.routing.route))}
         self._metrics = _Metrics.for_registry(registry)
         start = clock.time()
-        self._evaluators = [build_evaluator(rule, max_label_sets=max_label_sets, start=start)
-                            for rule in rules.rules]
-        by_signal: dict[str, list[Callable[[str, ev.Event, float], None]]] = {}
-        for evaluator in self._evaluators:
-            for signal in sorted(evaluator.rule.inputs):
-                by_signal.setdefault(signal, []).append(evaluator.observe)
+        evaluators, self._sources = build_evaluators(
+            rules.rules, max_label_sets=max_label_sets, start=start)
+        self._rules = {evaluator.rule.name: RuleStates(evaluator) for evaluator in evaluators}
+        by_signal: dict[str, dict[Observer, None]] = {}
+        for evaluator in evaluators:
+            for signal, observer in sorted(evaluator.observers.items()):
+                by_signal.setdefault(signal, {})[observer] = None
         self._by_signal = {name: tuple(found) for name, found in by_signal.items()}
-        self._states: dict[str, dict[Key, _Instance]] = {r.name: {} for r in rules.rules}
         self._groups: dict[str, _Group] = {}
         self._silences: list[Silence] = []
+        self._muted = -1  # alerts muted after the last tick (-1: not yet known)
         self._handlers: list[tuple[NamedSignal, Callable[..., None]]] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -338,69 +264,55 @@ class Engine:
         states, apply silences and inhibition, flush the groups that are due. Returns the
         states that changed in this tick (a pending alert that cleared reads ``inactive``)."""
         started = time.perf_counter()
+        errors = self._metrics.errors.labels("evaluate")
         with self._lock:
             now = self.clock.time() if now is None else now
-            changed: list[_Instance] = []
-            for evaluator in self._evaluators:
+            failed: set[int] = set()
+            for source in self._sources:
                 try:
-                    readings = evaluator.breaches(now)
+                    source.refresh(now)
                 except Exception:
-                    self._metrics.errors.labels("evaluate").inc()
+                    failed.add(id(source))
+                    errors.inc()
+                    logger.exception("reading the windows of %s failed; its rules wait for "
+                                     "the next tick", sorted(source.signals))
+            changed: Changed = {}
+            for states in self._rules.values():
+                evaluator = states.evaluator
+                if id(evaluator.source) in failed:
+                    continue
+                try:
+                    scan = evaluator.scan(now)
+                except Exception:
+                    errors.inc()
                     logger.exception("rule %s could not be evaluated", evaluator.rule.name)
                     continue
-                self._advance(evaluator.rule, readings, now, changed)
+                states.advance(scan, now, changed, self._fire)
             self._mute(now)
             if self.dispatcher is not None:
                 self._flush(now)
-            states = [i.snapshot() for i in changed]
+            result = [self._snapshot(i) for i in changed.values()]
             if changed:
                 try:
                     self.store.save_states(self._current())
                 except Exception:
                     self._metrics.errors.labels("store").inc()
                     logger.exception("saving alert states failed")
-            counts = {"pending": 0, "firing": 0}
-            for by_key in self._states.values():
-                for instance in by_key.values():
-                    counts[instance.state] += 1
-        for state, count in counts.items():
-            self._metrics.alerts.labels(state).set(count)
+            pending = firing = 0
+            for states in self._rules.values():
+                p, f = states.counts()
+                pending, firing = pending + p, firing + f
+        self._metrics.alerts.labels("pending").set(pending)
+        self._metrics.alerts.labels("firing").set(firing)
         self._metrics.evaluation.observe(time.perf_counter() - started)
-        return states
+        return result
 
-    def _advance(self, rule: Rule, readings: Sequence[Breach], now: float,
-                 changed: list[_Instance]) -> None:
-        by_key = self._states[rule.name]
-        breached: set[Key] = set()
-        for reading in readings:
-            breached.add(reading.key)
-            instance = by_key.get(reading.key)
-            if instance is None:
-                instance = by_key[reading.key] = _Instance(rule, reading, now)
-                changed.append(instance)
-            else:
-                instance.reading = reading
-                instance.cleared_at = None
-            if instance.state == "pending" and now - instance.active_at >= rule.for_s:
-                self._fire(instance, now)
-                if instance not in changed:
-                    changed.append(instance)
-        for key in [k for k in by_key if k not in breached]:
-            instance = by_key[key]
-            if instance.state == "pending":
-                instance.state, instance.since = "inactive", now
-                del by_key[key]
-                changed.append(instance)
-                continue
-            if instance.cleared_at is None:
-                instance.cleared_at = now
-            if now - instance.cleared_at >= rule.keep_firing_for_s:
-                instance.state, instance.since, instance.resolved_at = "resolved", now, now
-                del by_key[key]
-                changed.append(instance)
+    def _fire(self, instance: Instance, now: float) -> None:
+        self._join(instance, now, now)
 
-    def _fire(self, instance: _Instance, now: float) -> None:
-        instance.state, instance.since, instance.fired_at = "firing", now, now
+    def _join(self, instance: Instance, now: float, fired_at: float) -> None:
+        """Add ``instance`` to the groups of its routes; a new group flushes ``group_wait``
+        after ``fired_at``, and not before ``now``."""
         if self.dispatcher is None:
             return
         labels = instance.match_labels
@@ -410,7 +322,8 @@ class Engine:
             key = f"{self._route_ids[id(route)]}:{{{pairs}}}"
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _Group(route, key, values, now + route.group_wait_s)
+                group = self._groups[key] = _Group(
+                    route, key, values, max(now, fired_at + route.group_wait_s))
             group.members[(instance.rule.name, instance.key)] = instance
 
     def _mute(self, now: float) -> None:
@@ -419,19 +332,29 @@ class Engine:
         except Exception:  # keep applying the silences last read
             self._metrics.errors.labels("store").inc()
             logger.exception("reading silences failed; using the last known ones")
-        live = [i for by_key in self._states.values() for i in by_key.values()]
-        pending_resolved = {id(i): i for g in self._groups.values()
-                            for i in g.members.values() if i.state == "resolved"}
-        targets = live + list(pending_resolved.values())
-        firing = [i.match_labels for i in live if i.state == "firing"]
+        silences, inhibit = self._silences, self.routing.inhibit
+        ids = tuple(s.id for s in silences)
+        if not ids and not inhibit and not self._muted:
+            return  # nothing mutes, and nothing was muted
+        live = [i for states in self._rules.values() for i in states.instances.values()]
+        resolved = {id(i): i for g in self._groups.values()
+                    for i in g.members.values() if i.state == "resolved"}
+        firing = [i.match_labels for i in live if i.state == "firing"] if inhibit else []
         sources = [(rule, [labels for labels in firing
                            if all(m.matches(labels) for m in rule.source_matchers)])
-                   for rule in self.routing.inhibit]
-        for instance in targets:
+                   for rule in inhibit]
+        muted = 0
+        for instance in [*live, *resolved.values()]:
             labels = instance.match_labels
-            instance.silenced_by = tuple(s.id for s in self._silences if s.matches(labels))
-            instance.inhibited = instance.state == "firing" and any(
+            silenced_by = instance.silenced_by
+            if instance.mute_key != ids:  # silences changed since this alert was matched
+                silenced_by = tuple(s.id for s in silences if s.matches(labels))
+                instance.mute_key = ids
+            inhibited = instance.state == "firing" and any(
                 rule.inhibits(source, labels) for rule, found in sources for source in found)
+            instance.mute(silenced_by, inhibited)
+            muted += instance.muted
+        self._muted = muted
 
     def _flush(self, now: float) -> None:
         assert self.dispatcher is not None
@@ -464,19 +387,36 @@ class Engine:
 
     # --- reading ------------------------------------------------------------------------
 
-    def _current(self) -> list[AlertState]:
-        found: dict[int, _Instance] = {id(i): i for by_key in self._states.values()
-                                       for i in by_key.values()}
+    def _snapshot(self, instance: Instance) -> AlertState:
+        found = instance.snapshot
+        if isinstance(found, AlertState):
+            return found
+        reading = instance.reading
+        state = AlertState(
+            name=instance.rule.name, labels=dict(instance.match_labels), state=instance.state,
+            since=instance.since, active_at=instance.active_at, fired_at=instance.fired_at,
+            resolved_at=instance.resolved_at, value=reading.value, threshold=reading.threshold,
+            baseline=reading.baseline, annotations=instance.annotations,
+            samples=reading.samples, cli_hint=instance.cli_hint,
+            silenced_by=instance.silenced_by, inhibited=instance.inhibited)
+        instance.snapshot = state
+        return state
+
+    def _current(self, *, ordered: bool = False) -> list[AlertState]:
+        found: dict[int, Instance] = {id(i): i for states in self._rules.values()
+                                      for i in states.instances.values()}
         for group in self._groups.values():
             found.update({id(i): i for i in group.members.values()})
-        states = [i.snapshot() for i in found.values()]
-        states.sort(key=lambda s: (s.name, sorted(s.labels.items())))
-        return states
+        instances = found.values()
+        if ordered:
+            return [self._snapshot(i) for i in sorted(instances, key=attrgetter("order"))]
+        return [self._snapshot(i) for i in instances]
 
     def alerts(self) -> list[AlertState]:
-        """Pending and firing alerts, and resolved ones not yet notified, by name."""
+        """Pending and firing alerts, and resolved ones not yet notified, by name and
+        labels."""
         with self._lock:
-            return self._current()
+            return self._current(ordered=True)
 
     # --- the tick thread ----------------------------------------------------------------
 
