@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,7 @@ def start_alerting(
     if state_redis:
         import redis
 
+        from stem_observe.notify._breaker import Breaker
         from stem_observe.notify.outbox import RedisOutbox
         from stem_observe.notify.redis_log import RedisNotificationLog
         from stem_observe.notify.server_clock import ServerClock
@@ -96,9 +96,11 @@ def start_alerting(
                                           socket_connect_timeout=1.0)
         except ValueError as exc:
             raise ConfigError("--state-redis", f"invalid Redis URL: {exc}") from None
-        clock = ServerClock(client)
-        log = RedisNotificationLog(client, clock=clock)
-        outbox = RedisOutbox(client, claim_timeout_s=claim_timeout_s, registry=registry)
+        breaker = Breaker()  # one view of whether Redis answers, for the engine's path
+        clock = ServerClock(client, breaker=breaker)
+        log = RedisNotificationLog(client, clock=clock, breaker=breaker)
+        outbox = RedisOutbox(client, claim_timeout_s=claim_timeout_s, registry=registry,
+                             breaker=breaker)
         dispatcher = Dispatcher(built, registry=registry, log=log, outbox=outbox, clock=clock)
         store = RedisStore(client, clock=clock)
     else:
@@ -142,7 +144,7 @@ def _routes(server: HttpServer, engine: Engine, store: Store) -> None:
             if not 0 < duration <= MAX_SILENCE_S:
                 raise ValueError(f"duration: between 0 and {MAX_SILENCE_S:g} seconds (a year)")
             silence = store.add(
-                [str(m) for m in matchers], time.time() + duration,
+                [str(m) for m in matchers], engine.clock.time() + duration,
                 created_by=str(body.get("created_by", "")),
                 comment=str(body.get("comment", "")),
             )

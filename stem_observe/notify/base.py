@@ -237,14 +237,16 @@ class DeliveryPolicy:
     def deliver(
         self, receiver: Receiver, notification: Notification, *,
         cancel: threading.Event | None = None, handed_over_at: float | None = None,
-        hand_back: bool = False,
+        hand_back: bool = False, proceed: Callable[[], DeliveryResult | None] | None = None,
     ) -> DeliveryResult:
         """Send until delivered, permanently failed, out of attempts or past the deadline.
 
         Never raises for a failed delivery. ``handed_over_at`` (monotonic) starts the latency
         clock earlier, for example when the notification was queued. With ``hand_back``, a
         delivery cancelled (a shutdown) is not dead-lettered: the result says ``cancelled``
-        and the caller gives the notification back to whoever sends it next.
+        and the caller gives the notification back to whoever sends it next. ``proceed`` is
+        asked before every attempt; a result it returns ends the delivery with that result
+        (the notification was sent elsewhere, or is no longer this caller's to send).
         """
         clock, retry, name = self.clock, self.retry, receiver.name
         started = clock.monotonic()
@@ -267,6 +269,10 @@ class DeliveryPolicy:
                     kind="cancelled" if cancelled else "deadline", retryable=False)
                 return self._give_up(receiver, notification, error, attempt - 1, started,
                                      hand_back=hand_back)
+            if proceed is not None:
+                verdict = proceed()
+                if verdict is not None:
+                    return verdict
             try:
                 receipt = receiver.send(notification)
             except DeliveryError as exc:

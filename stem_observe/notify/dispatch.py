@@ -21,6 +21,7 @@ counted in ``stem_observe_notifications_dropped_total``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -238,7 +239,7 @@ class Dispatcher:
                 target=self._run, args=(lane,), name=f"stem-observe-notify-{name}", daemon=True)
             lane.thread.start()
         if self.outbox is not None:
-            self.outbox.start(self._take_from_outbox)
+            self.outbox.start(list(self._lanes), self._take_from_outbox)
 
     def notify(
         self, group_key: str, alerts: Sequence[Alert], *,
@@ -251,6 +252,8 @@ class Dispatcher:
         unknown = [name for name in names if name not in self._lanes]
         if unknown:
             raise ConfigError(f"receivers.{unknown[0]}", "no such receiver")
+        if not alerts:  # nothing this instance announced: nothing to tell (or log)
+            return []
         firing = frozenset(a.fingerprint for a in alerts if a.firing)
         resolved = frozenset(a.fingerprint for a in alerts if not a.firing)
         now = self.clock.time()
@@ -259,10 +262,10 @@ class Dispatcher:
             receiver = self._lanes[name].receiver
             key = (group_key, name)
             logged = self.log.get(group_key, name)
-            on_its_way = (self.outbox.last_queued(group_key, name)
-                          if self.outbox is not None else None)
+            state = (self.outbox.last_queued(group_key, name)
+                     if self.outbox is not None else None)
             with self._lock:
-                last = _newest(logged, on_its_way, self._pending.get(key))
+                last = _newest(logged, state[1] if state else None, self._pending.get(key))
                 reason = needs_update(last, firing, resolved,
                                       send_resolved=receiver.send_resolved,
                                       repeat_interval_s=repeat_interval_s, now=now)
@@ -278,20 +281,17 @@ class Dispatcher:
                 receiver=name, group_key=group_key, alerts=tuple(shown),
                 group_labels=group_labels or {}, reason=reason, sequence=sequence,
                 external_url=external_url)
-            if self.outbox is not None:
-                from stem_observe.notify.outbox import transition_key
-
-                once = transition_key(group_key, name, reason=reason, sequence=sequence,
-                                      entry=entry,
-                                      follows_at=logged.at if logged is not None else None)
-                outcome = self.outbox.enqueue(notification, entry, once)
+            if self.outbox is not None and state is not None:
+                outcome = self.outbox.enqueue(notification, entry, state[0])
                 if outcome == "queued":
                     queued.append(notification)
-                if outcome != "unavailable":  # queued, or already on its way, or full
-                    if outcome == "full":
-                        self._overflow(notification, "outbox full")
+                elif outcome == "full":
+                    self._overflow(notification, "outbox full")
+                if outcome != "unavailable":  # queued, decided elsewhere first, or full
                     continue
-            with self._lock:  # sent from here: Redis unreachable, or no outbox
+            elif self.outbox is not None:
+                self.outbox.count_unavailable(name)
+            with self._lock:  # sent from here: no outbox, or Redis unreachable
                 self._pending[key] = entry
             if self._enqueue(notification, self._recorder(key, entry)):
                 queued.append(notification)
@@ -318,7 +318,7 @@ class Dispatcher:
         what is left is dead-lettered as cancelled, or handed back to the outbox), stop the
         threads, close receivers and the outbox."""
         if self.outbox is not None:
-            self.outbox.stop()
+            self.outbox.pause()
         for lane in self._lanes.values():
             with lane.cond:
                 lane.closing = True
@@ -389,14 +389,12 @@ class Dispatcher:
             item, depth = taken
             self.policy.metrics.queue_depth.labels(name).set(depth)
             try:
-                if item.outboxed is not None and self._superseded(item.outboxed):
-                    self._finish(lane, item, DeliveryResult(
-                        name, item.notification.notification_id, delivered=True, attempts=0,
-                        elapsed_s=0.0, detail={"superseded": "true"}))
-                    continue
+                outboxed = item.outboxed
                 result = self.policy.deliver(
                     lane.receiver, item.notification, cancel=self._cancel,
-                    handed_over_at=item.queued_at, hand_back=item.outboxed is not None)
+                    handed_over_at=item.queued_at, hand_back=outboxed is not None,
+                    proceed=None if outboxed is None else functools.partial(self._check,
+                                                                            outboxed))
                 self._finish(lane, item, result)
             except Exception:  # never let the thread die: later notifications still go
                 logger.exception("delivery to receiver %s failed unexpectedly", name)
@@ -427,19 +425,21 @@ class Dispatcher:
         self.policy.metrics.queue_depth.labels(notification.receiver).set(depth)
         return True
 
-    def _superseded(self, taken: OutboxEntry) -> bool:
-        """Whether the log shows the entry needs no sending: it was delivered already (an
-        instance died between sending and acknowledging), or, for a receiver told of
-        resolutions, a newer state went out since (an entry taken over from a stalled
-        instance): sending it would leave the receiver on a stale state."""
-        notification, entry = taken.notification, taken.entry
-        logged = self.log.get(notification.group_key, notification.receiver)
-        if logged is None:
-            return False
-        if logged == entry:
-            return True
-        receiver = self._lanes[notification.receiver].receiver
-        return receiver.send_resolved and logged.at > entry.at
+    def _check(self, taken: OutboxEntry) -> DeliveryResult | None:
+        """Before each attempt of an outbox entry: go on (``None``), or stop because it was
+        delivered already or a later state of the group was (``superseded``: settled without
+        sending), or because it is no longer this instance's (taken over, or Redis cannot
+        tell: left pending for its holder)."""
+        assert self.outbox is not None
+        verdict = self.outbox.may_send(taken)
+        if verdict == "send":
+            return None
+        notification = taken.notification
+        if verdict == "superseded":
+            return DeliveryResult(notification.receiver, notification.notification_id, True,
+                                  0, 0.0, detail={"superseded": "true"})
+        self.policy.metrics.count(notification.receiver, "handed_back")
+        return _handed_back(notification)
 
     def _overflow(self, notification: Notification, why: str) -> None:
         lane = self._lanes[notification.receiver]

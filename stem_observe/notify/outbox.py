@@ -1,54 +1,55 @@
-"""The durable outbox: notifications pass through a Redis stream, so one instance sends each
+"""The durable outbox: notifications pass through Redis streams, so one instance sends each
 and a crashed instance's notification is taken over by another.
 
-Keys (``prefix`` defaults to ``stem_observe``)::
+Keys (``prefix`` defaults to ``stem_observe``; ``<g>`` is the SHA-256 of a group key)::
 
-    <prefix>:outbox                 stream of notifications waiting to be sent
-    <prefix>:outbox:dead            stream of notifications given up on (MAXLEN ~ dead_max)
-    <prefix>:outbox:once:<sha256>   one key per alert transition (SET NX): dedup at enqueue
-    <prefix>:outbox:last:<receiver>:<sha256(group)>   the log entry last queued for a group
-    <prefix>:outbox:leader          the sending instance's lease
+    <prefix>:outbox:<receiver>             a receiver's stream of notifications to send
+    <prefix>:outbox:<receiver>:leader      the lease of the instance sending for it
+    <prefix>:outbox:dead                   notifications given up on (MAXLEN ~ dead_max)
+    <prefix>:outbox:ver:<receiver>:<g>     the group's version: notifications queued so far
+    <prefix>:outbox:last:<receiver>:<g>    the log entry last queued for the group
+    <prefix>:outbox:done:<receiver>:<g>    the highest version delivered
 
-**Enqueue.** Every instance evaluates the same rules and reaches the same transition; each
-calls :meth:`RedisOutbox.enqueue` with the transition's key (group, receiver, what fires and
-resolves, and the notification log entry it follows). One Lua script sets the ``once`` key
-``NX`` and only then ``XADD`` s the entry, so a transition enters the stream once however
-many instances see it. The same script records the queued state as the group's last
-(:meth:`RedisOutbox.last_queued`), so every instance compares the group's next state with
-what is already on its way, not only with what was delivered. When Redis cannot be reached
-the caller sends locally (fail open).
+**Enqueue.** Every instance evaluates the same rules and reaches the same transitions. An
+instance reads the group's version and last queued state (:meth:`RedisOutbox.last_queued`),
+decides against the newest of that and the delivered log, and queues with the version its
+decision was based on; one Lua script checks the version is still that, increments it and
+``XADD`` s the entry. So a transition enters the stream once however many instances reach
+it, and an instance whose view was stale queues nothing (its next flush decides again).
+When Redis cannot be reached the caller sends locally (fail open).
 
-**Sending.** One instance at a time holds the leader lease (``SET NX PX``, renewed every
-third of it) and reads the stream through the consumer group ``senders``; only the leader
-sends, so a receiver hears one instance's notifications in stream order. Entries read stay
-in the group's pending list (PEL) until :meth:`finish` acknowledges and deletes them.
-While a delivery runs (retries and back-off included) the holder refreshes its entries'
-idle time (``XCLAIM … JUSTID``), so a slow delivery is never taken over.
+**Sending.** Each receiver has its own stream and lease, contested only by the instances
+that have that receiver configured; the holder reads the stream through the consumer group
+``senders``, at most ``capacity`` entries per receiver in flight, so a receiver that hangs
+holds back no other. Entries read stay in the group's pending list (PEL) until
+:meth:`~RedisOutbox.finish` acknowledges and deletes them. While a delivery runs (back-off
+included) the holder refreshes its entries' idle time (``XCLAIM … JUSTID``), and before each
+attempt it checks (:meth:`~RedisOutbox.may_send`) that the entry is still its own and that no
+later version of the group was delivered meanwhile: an instance cut off from Redis, or one
+whose entry was taken over, stops; a stale state is never delivered after a newer one.
 
 **Take-over.** An entry idle longer than ``claim_timeout_s`` (its holder was killed, or
-hung) is taken by the leader with ``XAUTOCLAIM``. A taken-over entry may be older than one
-sent since (a trigger whose resolve already went out): the dispatcher drops an entry whose
-log entry is older than the notification log's (``superseded``), so a receiver never hears
-a stale state last. An entry
-delivered more than ``max_deliveries`` times without an acknowledgement (an instance died
-on it each time) goes to the dead stream instead of being tried again.
+hung) is taken by the leader with ``XAUTOCLAIM``. An entry delivered more than
+``max_deliveries`` times without an acknowledgement (an instance died on it each time) goes
+to the dead stream instead of being tried again.
 
-**Outcomes.** Delivered: ``XACK`` + ``XDEL``. Given up on: copied to ``:outbox:dead`` with
-the reason and acknowledged; after transient failures (time-outs, 5xx, 429 past the retry
-deadline) the ``once`` key is dropped so the next flush of the group queues it again, after
-permanent ones (4xx, a body that is not ``ok``) it is kept for ``dedup_ttl_s`` so a poison
-notification is not retried in a loop. Stopped mid-delivery (``SIGTERM``): :meth:`close`
-hands every unfinished entry back (``XACK`` + ``XDEL`` + ``XADD`` of the same fields, in
-stream order, one script) and releases the lease, so another instance sends them at once.
+**Outcomes.** Delivered: the group's ``done`` version is raised, then ``XACK`` + ``XDEL``.
+Given up on: copied to ``:outbox:dead`` with the reason and acknowledged; after transient
+failures (time-outs, 5xx, 429 past the retry deadline) the group's last queued state is
+forgotten so the next flush queues it again; after permanent ones (4xx, a body that is not
+``ok``) it stays, so a poison notification is not retried in a loop. Stopped (``SIGTERM``):
+:meth:`~RedisOutbox.close` keeps the leases while the dispatcher drains, then hands every
+unfinished entry back (re-added, in order) and releases the leases, so another instance
+sends them at once.
 
-**Failure modes.** Redis restarted without persistence: the group is created again, what
-was pending is lost (logged); each active group is notified at most once more. Redis with
-AOF: stream and PEL come back and unacknowledged entries are taken over as above; with
+**Failure modes.** Redis restarted without persistence: the groups are created again, what
+was queued is lost (logged); each active group is notified at most once more. Redis with
+AOF: streams and PELs come back and unacknowledged entries are taken over as above; with
 ``appendfsync everysec`` up to one second of enqueues may be lost by a Redis crash (Redis
-7.0 has no ``WAITAOF``; ``appendfsync always`` closes the window). Acknowledging after a
-successful send is not atomic with the send: an instance killed between the two is
-re-sent by the next leader (at-least-once; PagerDuty collapses it by ``dedup_key``,
-webhooks see the same ``webhook-id``).
+7.0 has no ``WAITAOF``; ``appendfsync always`` closes the window). Acknowledging is not
+atomic with sending: an instance killed between a receiver's 2xx and the ``done`` write is
+re-sent by the next holder (at-least-once; PagerDuty collapses it by ``dedup_key``, webhooks
+see the same ``webhook-id``).
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from stem_observe.notify._breaker import Breaker
 from stem_observe.notify._codec import (
     decode_entry,
     decode_notification,
@@ -75,35 +77,54 @@ from stem_observe.notify.dispatch import LogEntry
 from stem_observe.notify.model import Notification
 from stem_observe.notify.redis_log import default_instance
 
-__all__ = ["EnqueueOutcome", "OutboxEntry", "RedisOutbox", "transition_key"]
+__all__ = ["EnqueueOutcome", "OutboxEntry", "RedisOutbox"]
 
 logger = logging.getLogger("stem_observe.notify.outbox")
 
 EnqueueOutcome = Literal["queued", "duplicate", "unavailable", "full"]
+Verdict = Literal["send", "superseded", "not_mine"]
 GROUP: Final = "senders"
 DEFAULT_CLAIM_TIMEOUT_S: Final = 360.0
 """Longer than the default retry deadline (300 s) plus a request time-out."""
-DEFAULT_DEDUP_TTL_S: Final = 3600.0
+DEFAULT_STATE_TTL_S: Final = 8 * 3600.0
+"""How long a group's version and last queued state outlive its last notification."""
 PERMANENT_KINDS: Final = frozenset({"auth", "not_found", "gone", "redirect", "client",
                                     "invalid_response", "disabled", "bug"})
+CONSUMER_IDLE_MS: Final = 3_600_000
 LOG_EVERY_S: Final = 60.0
 
-# KEYS: stream, once key, last-queued key. ARGV: max length, ttl ms, instance, log entry,
-# then the entry's field/value pairs.
+# KEYS: stream, version, last queued. ARGV: max length, ttl ms, expected version, log entry,
+# then the stream entry's field/value pairs (its version is appended).
 _ENQUEUE = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return 0 end
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if version ~= tonumber(ARGV[3]) then return 0 end
+version = version + 1
+redis.call('SET', KEYS[2], version, 'PX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+fields[#fields + 1] = 'version'
+fields[#fields + 1] = version
 redis.call('XADD', KEYS[1], '*', unpack(fields))
 return 1
 """
-# After transient failures: forget the transition so the next flush queues it again.
-# KEYS: once key, last-queued key. ARGV: the log entry queued.
+# KEYS: stream, done. ARGV: group, consumer, id, version. 1 send, 0 not ours, -1 superseded.
+_MAY_SEND = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return -1 end
+return 1
+"""
+# KEYS: done. ARGV: version, ttl ms. Raise the delivered version (never lower it).
+_DONE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+# KEYS: last queued. ARGV: the log entry queued. Forget it unless a newer one replaced it.
 _FORGET = """
-redis.call('DEL', KEYS[1])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 # Take the lease if free or keep it if held; 1 when held by ARGV[1].
@@ -146,65 +167,56 @@ return moved
 """
 
 
-def transition_key(group_key: str, receiver: str, *, reason: str, sequence: int,
-                   entry: LogEntry, follows_at: float | None) -> str:
-    """The identity of one alert transition for one receiver, the same on every instance:
-    the group, what fires and what resolved, and the shared log entry it follows
-    (``follows_at``; ``None`` for a group's first notification)."""
-    digest = hashlib.sha256()
-    for part in (group_key, receiver, reason, str(sequence), repr(follows_at),
-                 ",".join(sorted(entry.firing)), ",".join(sorted(entry.resolved))):
-        digest.update(part.encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """A notification read from the stream: ``ticket`` is its stream id."""
+    """A notification read from a receiver's stream: ``ticket`` is its stream id,
+    ``version`` its place in the group's sequence of notifications."""
 
     ticket: str
     notification: Notification
     entry: LogEntry
-    once: str
+    version: int
 
 
 Deliver = Callable[[OutboxEntry], bool]
-"""Hands an entry to a receiver's queue; ``False`` when it cannot be taken now."""
+"""Hands an entry to its receiver's queue; ``False`` when it cannot be taken now."""
 
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.enqueued = Counter(
             "stem_observe_outbox_enqueued", "Notifications offered to the Redis outbox, by "
-            "outcome: queued, duplicate (another instance queued the same transition), "
+            "outcome: queued, duplicate (another instance queued the transition first), "
             "unavailable (Redis unreachable: sent locally) and full.",
             ["receiver", "outcome"], registry=registry)
         self.reclaimed = Counter(
             "stem_observe_outbox_reclaimed", "Outbox entries taken over from an instance "
-            "that held them past the claim timeout.", registry=registry)
+            "that held them past the claim timeout.", ["receiver"], registry=registry)
         self.dead = Counter(
             "stem_observe_outbox_dead_letters", "Outbox entries moved to the dead stream, by "
             "reason: failed (given up on), max_deliveries (never acknowledged) and "
-            "undecodable.", ["reason"], registry=registry)
+            "undecodable.", ["receiver", "reason"], registry=registry)
         self.leader = Gauge(
-            "stem_observe_outbox_leader", "1 while this instance holds the sending lease.",
-            registry=registry)
+            "stem_observe_outbox_leader", "1 while this instance holds a receiver's sending "
+            "lease.", ["receiver"], registry=registry)
         self.length = Gauge(
-            "stem_observe_outbox_length", "Entries in the outbox stream (leader's view).",
-            registry=registry)
+            "stem_observe_outbox_length", "Entries in a receiver's outbox stream (the "
+            "leader's view).", ["receiver"], registry=registry)
 
 
 class RedisOutbox:
     """The outbox (see the module doc). ``client`` should have short socket timeouts; a
-    second connection pool is made for the blocking reads."""
+    second connection pool is made for the blocking reads. ``breaker`` (shared with the
+    notification log) makes an unresponsive Redis cost one time-out per period on the
+    engine's path instead of one per call."""
 
     def __init__(
         self, client: redis.Redis, *, prefix: str = "stem_observe",
         instance: str | None = None, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
-        lease_s: float | None = None, dedup_ttl_s: float = DEFAULT_DEDUP_TTL_S,
+        lease_s: float | None = None, state_ttl_s: float = DEFAULT_STATE_TTL_S,
         max_deliveries: int = 5, max_length: int = 100_000, dead_max: int = 10_000,
-        block_s: float = 1.0, registry: CollectorRegistry = REGISTRY,
+        block_s: float = 1.0, capacity: int = 100, registry: CollectorRegistry = REGISTRY,
+        breaker: Breaker | None = None,
     ) -> None:
         self.client = client
         kwargs = dict(client.connection_pool.connection_kwargs)
@@ -212,300 +224,386 @@ class RedisOutbox:
         self.reader = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, **kwargs))
         self.instance = instance or default_instance()
-        self.stream = f"{prefix}:outbox"
+        self.prefix = prefix
         self.dead_stream = f"{prefix}:outbox:dead"
-        self.leader_key = f"{prefix}:outbox:leader"
-        self.once_prefix = f"{prefix}:outbox:once:"
-        self.last_prefix = f"{prefix}:outbox:last:"
         self.claim_timeout_s = claim_timeout_s
-        self.lease_s = lease_s if lease_s is not None else min(30.0, claim_timeout_s)
-        self.dedup_ttl_ms = max(1, int(dedup_ttl_s * 1000))
+        self.lease_s = lease_s if lease_s is not None else min(30.0, claim_timeout_s / 2)
+        self.state_ttl_ms = max(1, int(state_ttl_s * 1000))
         self.max_deliveries = max_deliveries
         self.max_length = max_length
         self.dead_max = dead_max
         self.block_ms = max(1, int(block_s * 1000))
+        self.capacity = capacity
+        self.breaker = breaker or Breaker()
         self.metrics = _Metrics(registry)
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._lease = client.register_script(_LEASE)
-        self._release = client.register_script(_RELEASE)
-        self._forget = client.register_script(_FORGET)
-        self._keep = client.register_script(_KEEP)
-        self._hand_back = client.register_script(_HAND_BACK)
+        self._scripts = {name: client.register_script(text) for name, text in (
+            ("enqueue", _ENQUEUE), ("may_send", _MAY_SEND), ("done", _DONE),
+            ("forget", _FORGET), ("lease", _LEASE), ("release", _RELEASE), ("keep", _KEEP),
+            ("hand_back", _HAND_BACK))}
         self._lock = threading.Lock()
         self._inflight: dict[str, OutboxEntry] = {}
+        self._receivers: tuple[str, ...] = ()
+        self._led: frozenset[str] = frozenset()
+        self._reading = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._deliver: Deliver | None = None
-        self._leader = False
         self._last_log: dict[str, float] = {}
 
-    # --- enqueue (any instance, the engine's thread) ---------------------------------------
+    # --- keys -------------------------------------------------------------------------
 
-    def enqueue(self, notification: Notification, entry: LogEntry, once: str) -> EnqueueOutcome:
-        """Queue ``notification`` unless transition ``once`` is already queued or sent."""
-        entry_json = encode_entry(entry)
-        fields = ["notification", encode_notification(notification),
-                  "entry", entry_json, "once", once, "receiver", notification.receiver]
-        keys = [self.stream, self.once_prefix + once,
-                self._last_key(notification.group_key, notification.receiver)]
+    def stream(self, receiver: str) -> str:
+        return f"{self.prefix}:outbox:{receiver}"
+
+    def _leader_key(self, receiver: str) -> str:
+        return f"{self.prefix}:outbox:{receiver}:leader"
+
+    def _state_key(self, kind: str, receiver: str, group_key: str) -> str:
+        digest = hashlib.sha256(group_key.encode()).hexdigest()
+        return f"{self.prefix}:outbox:{kind}:{receiver}:{digest}"
+
+    # --- the engine's side: enqueue --------------------------------------------------------
+
+    def last_queued(self, group_key: str, receiver: str) -> tuple[int, LogEntry | None] | None:
+        """The group's version and the log entry last queued for it (``None`` for the entry
+        when there is none); ``None`` when Redis cannot be read: then send locally."""
+        if not self.breaker.allow():
+            return None
         try:
-            added = self._enqueue(keys=keys, args=[
-                self.max_length, self.dedup_ttl_ms, self.instance, entry_json, *fields])
+            version, last = self.client.mget([self._state_key("ver", receiver, group_key),
+                                              self._state_key("last", receiver, group_key)])
         except redis.RedisError as exc:
-            self._error("queueing a notification", exc)
-            outcome: EnqueueOutcome = "unavailable"
+            self.breaker.failure()
+            self._error("reading the outbox state", exc)
+            return None
+        self.breaker.success()
+        try:
+            return int(version or 0), None if last is None else decode_entry(last)
+        except ValueError as exc:  # written by something else: decide against the log
+            self._error("decoding the outbox state", exc)
+            return None
+
+    def enqueue(self, notification: Notification, entry: LogEntry,
+                version: int) -> EnqueueOutcome:
+        """Queue ``notification`` if the group is still at ``version`` (what the decision
+        to send was based on, from :meth:`last_queued`)."""
+        receiver, group_key = notification.receiver, notification.group_key
+        entry_json = encode_entry(entry)
+        fields = ["notification", encode_notification(notification), "entry", entry_json]
+        keys = [self.stream(receiver), self._state_key("ver", receiver, group_key),
+                self._state_key("last", receiver, group_key)]
+        outcome: EnqueueOutcome
+        if not self.breaker.allow():
+            outcome = "unavailable"
         else:
-            outcome = "queued" if added == 1 else "duplicate" if added == 0 else "full"
-        self.metrics.enqueued.labels(notification.receiver, outcome).inc()
+            try:
+                added = self._scripts["enqueue"](keys=keys, args=[
+                    self.max_length, self.state_ttl_ms, version, entry_json, *fields])
+            except redis.RedisError as exc:
+                self.breaker.failure()
+                self._error("queueing a notification", exc)
+                outcome = "unavailable"
+            else:
+                self.breaker.success()
+                outcome = "queued" if added == 1 else "duplicate" if added == 0 else "full"
+        self.metrics.enqueued.labels(receiver, outcome).inc()
         return outcome
 
-    def last_queued(self, group_key: str, receiver: str) -> LogEntry | None:
-        """The log entry last queued for the group and receiver (``None`` when none, or
-        when Redis cannot be read)."""
-        try:
-            raw = self.client.get(self._last_key(group_key, receiver))
-        except redis.RedisError as exc:
-            self._error("reading the last queued notification", exc)
-            return None
-        if raw is None:
-            return None
-        try:
-            return decode_entry(raw)
-        except ValueError as exc:
-            self._error("decoding the last queued notification", exc)
-            return None
+    def count_unavailable(self, receiver: str) -> None:
+        """Count a notification sent locally because Redis could not be read."""
+        self.metrics.enqueued.labels(receiver, "unavailable").inc()
 
-    def _last_key(self, group_key: str, receiver: str) -> str:
-        digest = hashlib.sha256(group_key.encode()).hexdigest()
-        return f"{self.last_prefix}{receiver}:{digest}"
+    # --- the sender's side ----------------------------------------------------------------
 
-    # --- sending (the leader's thread) -----------------------------------------------------
-
-    def start(self, deliver: Deliver) -> None:
-        """Start competing for the lease; as leader, hand entries to ``deliver``."""
+    def start(self, receivers: Sequence[str], deliver: Deliver) -> None:
+        """Contend for the leases of ``receivers``; as leader, hand entries to ``deliver``."""
+        self._receivers = tuple(receivers)
+        for receiver in self._receivers:
+            self.metrics.leader.labels(receiver).set(0)
         self._deliver = deliver
+        self._reading.set()
         self._thread = threading.Thread(target=self._run, name="stem-observe-outbox",
                                         daemon=True)
         self._thread.start()
 
+    def may_send(self, item: OutboxEntry) -> Verdict:
+        """Before an attempt: ``send``; ``superseded`` (this or a later version of the group
+        was delivered already); ``not_mine`` (taken over, or Redis cannot tell: the entry
+        stays pending for whoever holds it)."""
+        receiver, group_key = item.notification.receiver, item.notification.group_key
+        try:
+            answer = self._scripts["may_send"](
+                keys=[self.stream(receiver), self._state_key("done", receiver, group_key)],
+                args=[GROUP, self.instance, item.ticket, item.version])
+        except redis.RedisError as exc:
+            self._error("checking a notification before sending", exc)
+            return "not_mine"
+        return "send" if answer == 1 else "superseded" if answer == -1 else "not_mine"
+
     def finish(self, item: OutboxEntry, result: DeliveryResult) -> None:
         """Settle an entry after its delivery (called on the delivery thread)."""
+        if result.error_kind == "cancelled" and not result.dead_lettered:
+            self.hand_back([item])  # a no-op for an entry no longer ours
+            return
         with self._lock:
             self._inflight.pop(item.ticket, None)
-        if result.error_kind == "cancelled" and not result.dead_lettered:
-            self.hand_back([item.ticket])
-            return
+        notification = item.notification
+        receiver, group_key = notification.receiver, notification.group_key
+        stream = self.stream(receiver)
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                if not result.delivered:
-                    pipe.xadd(self.dead_stream, _dead_fields(item, result), maxlen=self.dead_max,
-                              approximate=True)
+                if result.delivered:
+                    self._scripts["done"](
+                        keys=[self._state_key("done", receiver, group_key)],
+                        args=[item.version, self.state_ttl_ms], client=pipe)
+                else:
+                    pipe.xadd(self.dead_stream, _dead_fields(item, result),
+                              maxlen=self.dead_max, approximate=True)
                     if result.error_kind not in PERMANENT_KINDS:  # the next flush retries
-                        notification = item.notification
-                        self._forget(keys=[
-                            self.once_prefix + item.once,
-                            self._last_key(notification.group_key, notification.receiver),
-                        ], args=[encode_entry(item.entry)], client=pipe)
-                pipe.xack(self.stream, GROUP, item.ticket)
-                pipe.xdel(self.stream, item.ticket)
+                        self._scripts["forget"](
+                            keys=[self._state_key("last", receiver, group_key)],
+                            args=[encode_entry(item.entry)], client=pipe)
+                pipe.xack(stream, GROUP, item.ticket)
+                pipe.xdel(stream, item.ticket)
                 pipe.execute()
         except redis.RedisError as exc:
             self._error("acknowledging a notification", exc)
         if not result.delivered:
-            self.metrics.dead.labels("failed").inc()
+            self.metrics.dead.labels(receiver, "failed").inc()
 
-    def hand_back(self, tickets: Iterable[str] | None = None) -> int:
-        """Give entries this instance holds back to the stream (all held, by default), so
-        another instance sends them; returns how many moved."""
+    def hand_back(self, items: Iterable[OutboxEntry] | None = None) -> int:
+        """Give entries this instance holds back to their streams (all it holds, by
+        default), so another instance sends them; returns how many moved."""
         with self._lock:
-            ids = sorted(self._inflight if tickets is None else tickets, key=_id_order)
-            for ticket in ids:
-                self._inflight.pop(ticket, None)
-        if not ids:
-            return 0
-        try:
-            return int(self._hand_back(keys=[self.stream], args=[GROUP, self.instance, *ids]))
-        except redis.RedisError as exc:
-            self._error("handing notifications back", exc)
-            return 0
+            chosen = list(self._inflight.values()) if items is None else list(items)
+            for item in chosen:
+                self._inflight.pop(item.ticket, None)
+        by_stream: dict[str, list[str]] = {}
+        for item in chosen:
+            by_stream.setdefault(self.stream(item.notification.receiver), []).append(
+                item.ticket)
+        moved = 0
+        for stream, ids in by_stream.items():
+            try:
+                moved += int(self._scripts["hand_back"](
+                    keys=[stream], args=[GROUP, self.instance, *sorted(ids, key=_id_order)]))
+            except redis.RedisError as exc:
+                self._error("handing notifications back", exc)
+        return moved
 
-    def stop(self) -> None:
-        """Stop reading new entries (idempotent); deliveries under way go on."""
+    def pause(self) -> None:
+        """Stop reading new entries; leases and deliveries under way are kept (until
+        :meth:`close`), so nobody takes over what is still being delivered."""
+        self._reading.clear()
+
+    def close(self) -> None:
+        """Stop, hand back what is unfinished, release the leases and leave the consumer
+        group (idempotent). Call after the delivery threads have stopped or given up."""
+        self._reading.clear()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.block_ms / 1000 + 6.0)
-
-    def close(self) -> None:
-        """Stop reading, hand back what is unfinished and release the lease (idempotent).
-        Call after the delivery threads have stopped or given up."""
-        self.stop()
         moved = self.hand_back()
         if moved:
             logger.info("handed %d unfinished notification(s) back to the outbox", moved)
-        try:
-            self._release(keys=[self.leader_key], args=[self.instance])
-        except redis.RedisError as exc:
-            self._error("releasing the outbox lease", exc)
-        self.metrics.leader.set(0)
+        for receiver in self._receivers:
+            try:
+                self._scripts["release"](keys=[self._leader_key(receiver)],
+                                         args=[self.instance])
+                stream = self.stream(receiver)
+                if not self.client.xpending_range(stream, GROUP, min="-", max="+", count=1,
+                                                  consumername=self.instance):
+                    self.client.xgroup_delconsumer(stream, GROUP, self.instance)
+            except redis.ResponseError:
+                pass  # no such stream or group: nothing to leave
+            except redis.RedisError as exc:
+                self._error("releasing the outbox", exc)
+            self.metrics.leader.labels(receiver).set(0)
+        self._led = frozenset()
         self.reader.close()
 
-    @property
-    def leader(self) -> bool:
-        return self._leader
+    def leads(self, receiver: str) -> bool:
+        return receiver in self._led
 
     # --- the loop -----------------------------------------------------------------------
 
     def _run(self) -> None:
         renew_every = self.lease_s / 3
-        keep_every = max(0.05, self.claim_timeout_s / 4)
+        keep_every = max(0.05, min(self.claim_timeout_s / 4, renew_every))
         reclaim_every = max(0.05, min(self.claim_timeout_s / 2, 10.0))
         next_renew = next_keep = next_reclaim = 0.0
-        group_ready = False
+        ready: set[str] = set()
         while not self._stop.is_set():
             now = time.monotonic()
             try:
                 if now >= next_renew:
-                    self._set_leader(self._lease(keys=[self.leader_key], args=[
-                        self.instance, max(1, int(self.lease_s * 1000))]) == 1)
                     next_renew = now + renew_every
+                    self._renew()
                 if now >= next_keep:
-                    self._keep_alive()
                     next_keep = now + keep_every
-                if not self._leader:
-                    group_ready = False
-                    self._stop.wait(max(0.0, next_renew - time.monotonic()))
+                    self._keep_alive()
+                led = self._led if self._reading.is_set() else frozenset()
+                if not led:
+                    self._stop.wait(max(0.0, min(next_renew, next_keep) - time.monotonic()))
                     continue
-                if not group_ready:
-                    self._create_group()
-                    group_ready = True
+                for receiver in led - ready:
+                    self._create_group(receiver)
+                    ready.add(receiver)
                 if now >= next_reclaim:
-                    self._reclaim()
                     next_reclaim = now + reclaim_every
-                self._read(max(0.0, min(next_renew, next_keep, next_reclaim)
-                               - time.monotonic()))
+                    for receiver in led:
+                        self._reclaim(receiver)
+                self._read(led, max(0.0, min(next_renew, next_keep, next_reclaim)
+                                    - time.monotonic()))
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    logger.warning("the outbox stream or its group is gone (Redis restarted "
-                                   "without persistence?); notifications queued there are "
-                                   "lost, creating it again")
-                    group_ready = False
+                if "NOGROUP" not in str(exc):
+                    self._error("reading the outbox", exc)
+                    self._stop.wait(1.0)
                     continue
-                self._error("reading the outbox", exc)
-                self._stop.wait(1.0)
+                if ready:
+                    logger.warning("an outbox stream or its group is gone (Redis restarted "
+                                   "without persistence?); what was queued there is lost, "
+                                   "creating it again")
+                ready.clear()
+                self._stop.wait(0.05)
             except redis.RedisError as exc:
                 self._error("reading the outbox", exc)
-                self._set_leader(False)
-                group_ready = False
-                next_renew = 0.0
+                self._set_led(frozenset())
+                ready.clear()
+                next_renew = time.monotonic() + 1.0
                 self._stop.wait(1.0)
             except Exception:  # never let the thread die
                 logger.exception("the outbox loop failed; continuing")
                 self._stop.wait(1.0)
 
-    def _set_leader(self, leader: bool) -> None:
-        if leader != self._leader:
-            logger.info("outbox: %s", "this instance sends notifications" if leader
-                        else "another instance sends notifications")
-        self._leader = leader
-        self.metrics.leader.set(1 if leader else 0)
+    def _renew(self) -> None:
+        ttl = max(1, int(self.lease_s * 1000))
+        with self.client.pipeline(transaction=False) as pipe:
+            for receiver in self._receivers:
+                self._scripts["lease"](keys=[self._leader_key(receiver)],
+                                       args=[self.instance, ttl], client=pipe)
+            held = pipe.execute()
+        self._set_led(frozenset(r for r, h in zip(self._receivers, held, strict=True)
+                                if h == 1))
 
-    def _create_group(self) -> None:
+    def _set_led(self, led: frozenset[str]) -> None:
+        for receiver in led ^ self._led:
+            gained = receiver in led
+            logger.info("outbox: this instance %s notifications to %s",
+                        "sends" if gained else "no longer sends", receiver)
+            self.metrics.leader.labels(receiver).set(1 if gained else 0)
+        self._led = led
+
+    def _create_group(self, receiver: str) -> None:
         try:
-            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream(receiver), GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def _keep_alive(self) -> None:
         with self._lock:
-            ids = list(self._inflight)
-        if ids:
-            self._keep(keys=[self.stream], args=[GROUP, self.instance, *ids])
+            held = list(self._inflight.values())
+        by_stream: dict[str, list[str]] = {}
+        for item in held:
+            by_stream.setdefault(self.stream(item.notification.receiver), []).append(
+                item.ticket)
+        for stream, ids in by_stream.items():
+            try:
+                self._scripts["keep"](keys=[stream], args=[GROUP, self.instance, *ids])
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):  # gone with a restart: nothing held there
+                    raise
 
-    def _capacity(self) -> int:
+    def _in_flight(self, receiver: str) -> int:
         with self._lock:
-            return max(0, 100 - len(self._inflight))
+            return sum(1 for item in self._inflight.values()
+                       if item.notification.receiver == receiver)
 
-    def _read(self, wait_s: float) -> None:
-        count = self._capacity()
-        if count == 0:
+    def _read(self, led: frozenset[str], wait_s: float) -> None:
+        room = {r: self.capacity - self._in_flight(r) for r in led}
+        streams: dict[Any, Any] = {self.stream(r): ">" for r, free in room.items() if free > 0}
+        if not streams:
             self._stop.wait(min(wait_s, 0.05))
             return
+        count = min(free for free in room.values() if free > 0)
         block = max(1, min(self.block_ms, int(wait_s * 1000)))
-        reply: Any = self.reader.xreadgroup(GROUP, self.instance, {self.stream: ">"},
-                                            count=count, block=block)
-        for _stream, messages in reply or ():
+        reply: Any = self.reader.xreadgroup(GROUP, self.instance, streams, count=count,
+                                            block=block)
+        for stream, messages in reply or ():
             for ticket, fields in messages:
-                self._take(_text(ticket), fields)
+                self._take(_text(stream), _text(ticket), fields)
 
-    def _reclaim(self) -> None:
-        """Take over entries idle past the claim timeout (this instance's own included:
-        one its receiver is not configured for comes back here until it is buried)."""
+    def _reclaim(self, receiver: str) -> None:
+        """Take over entries idle past the claim timeout, and forget consumers long gone."""
+        stream = self.stream(receiver)
         min_idle = max(1, int(self.claim_timeout_s * 1000))
         cursor = "0-0"
         while True:
-            reply = self.client.xautoclaim(self.stream, GROUP, self.instance, min_idle,
-                                           start_id=cursor, count=100)
+            reply: Any = self.client.xautoclaim(stream, GROUP, self.instance, min_idle,
+                                                start_id=cursor, count=100)
             cursor, messages = _text(reply[0]), reply[1]
-            if messages:
-                ids = [_text(ticket) for ticket, _ in messages]
-                counts = self._delivery_counts(ids)
-                for raw_ticket, fields in messages:
-                    ticket = _text(raw_ticket)
-                    if fields is None:
-                        continue
-                    with self._lock:
-                        mine = ticket in self._inflight
-                    if mine:
-                        continue
-                    self.metrics.reclaimed.inc()
-                    if counts.get(ticket, 0) > self.max_deliveries:
-                        self._bury(ticket, fields, "max_deliveries",
-                                   f"delivered {counts[ticket]} times without an "
-                                   "acknowledgement")
-                        continue
-                    self._take(ticket, fields)
+            taken = [(_text(t), f) for t, f in messages if f is not None]
+            with self._lock:
+                taken = [(t, f) for t, f in taken if t not in self._inflight]
+            counts = self._delivery_counts(stream, [t for t, _ in taken])
+            for ticket, fields in taken:
+                self.metrics.reclaimed.labels(receiver).inc()
+                if counts.get(ticket, 0) > self.max_deliveries:
+                    self._bury(stream, ticket, fields, "max_deliveries",
+                               f"delivered {counts[ticket]} times without an acknowledgement")
+                else:
+                    self._take(stream, ticket, fields)
             if cursor == "0-0":
                 break
-        self.metrics.length.set(self.client.xlen(self.stream))
+        self.metrics.length.labels(receiver).set(self.client.xlen(stream))
+        consumers: Any = self.client.xinfo_consumers(stream, GROUP)
+        for consumer in consumers:
+            name = _text(consumer["name"])
+            if (name != self.instance and int(consumer["pending"]) == 0
+                    and int(consumer["idle"]) > CONSUMER_IDLE_MS):
+                self.client.xgroup_delconsumer(stream, GROUP, name)
 
-    def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+    def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
         with self.client.pipeline(transaction=False) as pipe:
             for ticket in ids:
-                pipe.xpending_range(self.stream, GROUP, min=ticket, max=ticket, count=1)
+                pipe.xpending_range(stream, GROUP, min=ticket, max=ticket, count=1)
             replies = pipe.execute()
-        counts: dict[str, int] = {}
-        for ticket, reply in zip(ids, replies, strict=True):
-            if reply:
-                counts[ticket] = int(reply[0]["times_delivered"])
-        return counts
+        return {ticket: int(reply[0]["times_delivered"])
+                for ticket, reply in zip(ids, replies, strict=True) if reply}
 
-    def _take(self, ticket: str, fields: dict[bytes, bytes]) -> None:
+    def _take(self, stream: str, ticket: str, fields: dict[bytes, bytes]) -> None:
         try:
-            item = OutboxEntry(ticket, decode_notification(fields[b"notification"]),
-                               decode_entry(fields[b"entry"]), _text(fields[b"once"]))
+            notification = decode_notification(fields[b"notification"])
+            item = OutboxEntry(ticket, notification, decode_entry(fields[b"entry"]),
+                               int(fields[b"version"]))
+            if self.stream(notification.receiver) != stream:
+                raise ValueError(f"receiver {notification.receiver!r} on another's stream")
         except (KeyError, ValueError, TypeError) as exc:
-            self._bury(ticket, fields, "undecodable", f"undecodable entry: {exc}")
+            self._bury(stream, ticket, fields, "undecodable", f"undecodable entry: {exc}")
             return
         with self._lock:
             self._inflight[ticket] = item
         assert self._deliver is not None
         if not self._deliver(item):
-            logger.warning("outbox: receiver %s is not configured here; entry %s left for "
-                           "another instance", item.notification.receiver, ticket)
             with self._lock:
                 self._inflight.pop(ticket, None)
 
-    def _bury(self, ticket: str, fields: dict[bytes, bytes], reason: str, error: str) -> None:
+    def _bury(self, stream: str, ticket: str, fields: dict[bytes, bytes], reason: str,
+              error: str) -> None:
         dead: dict[Any, Any] = {_text(k): v for k, v in fields.items()}
         dead.update({"reason": reason, "error": error, "ticket": ticket})
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_stream, dead, maxlen=self.dead_max, approximate=True)
-            pipe.xack(self.stream, GROUP, ticket)
-            pipe.xdel(self.stream, ticket)
+            pipe.xack(stream, GROUP, ticket)
+            pipe.xdel(stream, ticket)
             pipe.execute()
-        self.metrics.dead.labels(reason).inc()
-        logger.error("outbox: entry %s moved to %s: %s", ticket, self.dead_stream, error)
+        receiver = stream.removeprefix(f"{self.prefix}:outbox:")
+        self.metrics.dead.labels(receiver, reason).inc()
+        logger.error("outbox: entry %s of %s moved to %s: %s", ticket, stream,
+                     self.dead_stream, error)
 
     def _error(self, what: str, exc: BaseException) -> None:
         now = time.monotonic()
@@ -517,12 +615,12 @@ class RedisOutbox:
         logger.warning("redis: %s failed: %s: %s", what, type(exc).__name__, exc)
 
     def __repr__(self) -> str:
-        return f"RedisOutbox(stream={self.stream!r}, instance={self.instance!r})"
+        return f"RedisOutbox(prefix={self.prefix!r}, instance={self.instance!r})"
 
 
 def _dead_fields(item: OutboxEntry, result: DeliveryResult) -> dict[Any, Any]:
     return {"notification": encode_notification(item.notification),
-            "entry": encode_entry(item.entry), "once": item.once,
+            "entry": encode_entry(item.entry), "version": item.version,
             "receiver": item.notification.receiver, "reason": "failed",
             "error": result.error or "", "error_kind": result.error_kind or "",
             "attempts": str(result.attempts), "ticket": item.ticket}

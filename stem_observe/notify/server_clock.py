@@ -17,6 +17,7 @@ from typing import Final
 
 import redis
 
+from stem_observe.notify._breaker import Breaker
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["ServerClock"]
@@ -33,8 +34,9 @@ class ServerClock:
     """
 
     def __init__(self, client: redis.Redis, *, local: Clock = SYSTEM_CLOCK,
-                 refresh_s: float = DEFAULT_REFRESH_S) -> None:
+                 refresh_s: float = DEFAULT_REFRESH_S, breaker: Breaker | None = None) -> None:
         self.client = client
+        self.breaker = breaker or Breaker()
         self.local = local
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
@@ -54,7 +56,7 @@ class ServerClock:
             stale = now - self._read_at >= self.refresh_s
             retry = now - self._failed_at >= min(self.refresh_s, 1.0)
             offset = self._offset
-        if stale and retry:
+        if stale and retry and self.breaker.allow():
             offset = self._read(now)
         if offset is None:
             return self.local.time()
@@ -74,6 +76,7 @@ class ServerClock:
         try:
             seconds, micros = self.client.time()
         except redis.RedisError as exc:
+            self.breaker.failure()
             with self._lock:
                 first_failure = self._failed_at == float("-inf")
                 self._failed_at = now
@@ -82,6 +85,7 @@ class ServerClock:
                 logger.warning("redis: reading server time failed (keeping the last offset):"
                                " %s: %s", type(exc).__name__, exc)
             return offset
+        self.breaker.success()
         after = self.local.monotonic()
         server = int(seconds) + int(micros) / 1e6
         offset = server - (before + after) / 2  # the reply was read halfway through

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from stem_observe.notify.base import RetryPolicy
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
-from stem_observe.notify.dispatch import Dispatcher, LogEntry
+from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.notify.model import Alert, Notification
-from stem_observe.notify.outbox import GROUP, RedisOutbox, transition_key
+from stem_observe.notify.outbox import GROUP, RedisOutbox
 from stem_observe.notify.redis_log import RedisNotificationLog
 from stem_observe.notify.server_clock import ServerClock
 from stem_observe.notify.webhook import WebhookReceiver
@@ -110,12 +110,12 @@ def start(made: list[Instance], url: str, hook: FaultServer, *names: str,
 
 def ensure_group(instance: Instance) -> None:
     with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: the leader made it
-        instance.client.xgroup_create(instance.outbox.stream, GROUP, id="0", mkstream=True)
+        instance.client.xgroup_create(instance.outbox.stream("hook"), GROUP, id="0", mkstream=True)
 
 
 def leader(*candidates: Instance) -> Instance:
-    wait_for(lambda: any(i.outbox.leader for i in candidates), message="an outbox leader")
-    return next(i for i in candidates if i.outbox.leader)
+    wait_for(lambda: any(i.outbox.leads("hook") for i in candidates), message="an outbox leader")
+    return next(i for i in candidates if i.outbox.leads("hook"))
 
 
 def statuses(hook: FaultServer) -> list[str]:
@@ -184,41 +184,40 @@ def test_an_entry_taken_by_an_instance_that_died_is_taken_over_and_sent_once(
     with a real ``serve`` process killed mid-request: ``test_serve_ha.py``.)"""
     with FaultServer() as hook:
         a, = start(instances, redis_url, hook, "a", claim_timeout_s=1.0)
-        a.outbox.stop()  # a queues, the dead instance below had been sending
-        a.client.set(a.outbox.leader_key, "dead-instance", px=1000)
+        a.outbox.close()  # a queues, the dead instance below had been sending
+        a.client.set(a.outbox._leader_key("hook"), "dead-instance", px=1000)
         ensure_group(a)
         a.notify()
-        taken = a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream: ">"}, count=1)
+        taken = a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream("hook"): ">"}, count=1)
         assert taken
         b, = start(instances, redis_url, hook, "b", claim_timeout_s=1.0)
         wait_for(lambda: len(hook.answered()) == 1, timeout_s=15,
                  message="the taken-over notification")
-        assert b.value("stem_observe_outbox_reclaimed_total") == 1.0
-        wait_for(lambda: b.client.xlen(b.outbox.stream) == 0, message="acknowledged")
-        assert b.client.xpending(b.outbox.stream, GROUP)["pending"] == 0
+        assert b.value("stem_observe_outbox_reclaimed_total", receiver="hook") == 1.0
+        wait_for(lambda: b.client.xlen(b.outbox.stream("hook")) == 0, message="acknowledged")
+        assert b.client.xpending(b.outbox.stream("hook"), GROUP)["pending"] == 0
         assert len(hook.requests()) == 1
 
 
 def test_an_entry_already_delivered_is_not_sent_again_when_taken_over(
     redis_url: str, instances: list[Instance],
 ) -> None:
-    """Row 25's narrow case: the holder delivered and wrote the log, then died before
-    acknowledging: the taker finds the delivery in the log and only acknowledges."""
+    """Row 25's narrow case: the holder delivered and recorded the delivered version, then
+    died before acknowledging: the taker sees the version delivered and only acknowledges."""
     with FaultServer() as hook:
         a, = start(instances, redis_url, hook, "a", claim_timeout_s=0.5)
-        a.outbox.stop()  # a reads by hand below
+        a.outbox.close()  # a reads by hand below
+        ensure_group(a)
         a.notify()
-        reply: Any = a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream: ">"},
+        reply: Any = a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream("hook"): ">"},
                                          count=1)
         fields = reply[0][1][0][1]
-        entry = json.loads(fields[b"entry"])
-        a.log.put(GROUP_KEY, "hook", LogEntry(frozenset(entry["firing"]),
-                                              frozenset(entry["resolved"]), entry["at"],
-                                              entry["sequence"]))
+        a.outbox._scripts["done"](keys=[a.outbox._state_key("done", "hook", GROUP_KEY)],
+                                  args=[int(fields[b"version"]), 60_000])
         b, = start(instances, redis_url, hook, "b", claim_timeout_s=0.5)
-        wait_for(lambda: b.client.xlen(b.outbox.stream) == 0, message="the entry settled")
+        wait_for(lambda: b.client.xlen(b.outbox.stream("hook")) == 0, message="the entry settled")
         assert hook.requests() == []
-        assert b.value("stem_observe_outbox_reclaimed_total") == 1.0
+        assert b.value("stem_observe_outbox_reclaimed_total", receiver="hook") == 1.0
 
 
 def test_a_poison_notification_is_dead_lettered_and_does_not_block_the_next(
@@ -241,7 +240,8 @@ def test_a_poison_notification_is_dead_lettered_and_does_not_block_the_next(
         assert fields[b"error_kind"] == b"client"
         assert b"400" in fields[b"error"]
         assert len(hook.answered(400)) == 1
-        assert a.value("stem_observe_outbox_dead_letters_total", reason="failed") == 1.0
+        assert a.value("stem_observe_outbox_dead_letters_total", receiver="hook",
+                       reason="failed") == 1.0
         # kept as sent for the dedup TTL: the next flushes do not retry it in a loop
         assert a.dispatcher.notify("poison", [FIRING]) == []
 
@@ -253,16 +253,18 @@ def test_an_entry_that_is_never_acknowledged_is_buried_after_max_deliveries(
     without another attempt."""
     with FaultServer() as hook:
         a, = start(instances, redis_url, hook, "a", claim_timeout_s=0.3)
-        a.outbox.stop()
+        a.outbox.close()
+        ensure_group(a)
         a.notify()
-        stream = a.outbox.stream
+        stream = a.outbox.stream("hook")
         read: Any = a.client.xreadgroup(GROUP, "crashed-1", {stream: ">"}, count=1)
         ticket = read[0][1][0][0]
         for n in range(2, 7):  # five more instances took it and died
             a.client.xclaim(stream, GROUP, f"crashed-{n}", 0, [ticket])
         b, = start(instances, redis_url, hook, "b", claim_timeout_s=0.3)
         wait_for(lambda: b.value("stem_observe_outbox_dead_letters_total",
-                                 reason="max_deliveries") == 1.0, message="the burial")
+                                 receiver="hook", reason="max_deliveries") == 1.0,
+                 message="the burial")
         assert hook.requests() == []
         buried: Any = b.client.xrange(b.outbox.dead_stream)
         (_, fields), = buried
@@ -290,7 +292,7 @@ def test_sigterm_during_back_off_hands_the_entry_to_another_instance(
                        outcome="dead_lettered") == 0.0
         wait_for(lambda: len(hook.answered()) == 1, timeout_s=15, message="b's delivery")
         assert len(hook.requests()) == 2
-        assert b.client.xlen(b.outbox.stream) == 0
+        assert b.client.xlen(b.outbox.stream("hook")) == 0
 
 
 def test_a_stop_during_a_hanging_request_aborts_it_and_hands_the_entry_over(
@@ -391,11 +393,11 @@ def test_an_aof_redis_killed_and_restarted_keeps_unacknowledged_entries(
     try:
         with FaultServer() as hook:
             a, = start(instances, server.url, hook, "a", claim_timeout_s=1.0)
-            a.outbox.stop()  # a queues; a holder that dies with Redis had taken them
+            a.outbox.close()  # a queues; a holder that dies with Redis had taken them
             ensure_group(a)
             a.notify()
             a.dispatcher.notify("route/queue=sms", [FIRING])
-            assert a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream: ">"},
+            assert a.client.xreadgroup(GROUP, "dead-instance", {a.outbox.stream("hook"): ">"},
                                        count=10)
             assert server._process is not None
             server._process.kill()  # kill -9
@@ -403,28 +405,15 @@ def test_an_aof_redis_killed_and_restarted_keeps_unacknowledged_entries(
             server._process = None
             server.start(*aof)
             check = redis.Redis.from_url(server.url)
-            assert check.xlen(a.outbox.stream) == 2
-            assert check.xpending(a.outbox.stream, GROUP)["pending"] >= 1
+            assert check.xlen(a.outbox.stream("hook")) == 2
+            assert check.xpending(a.outbox.stream("hook"), GROUP)["pending"] >= 1
             check.close()
             b, = start(instances, server.url, hook, "b", claim_timeout_s=1.0)
             wait_for(lambda: len(hook.answered()) == 2, timeout_s=20, message="both sent")
             assert sorted(json.loads(r.body)["groupKey"] for r in hook.answered()) == [
                 "route/queue=emails", "route/queue=sms"]
-            wait_for(lambda: b.client.xlen(b.outbox.stream) == 0, message="both settled")
+            wait_for(lambda: b.client.xlen(b.outbox.stream("hook")) == 0, message="both settled")
     finally:
         for instance in instances:
             instance.close()
         server.stop()
-
-
-def test_transition_keys_tell_transitions_apart() -> None:
-    entry = LogEntry(frozenset({"f1"}), frozenset(), 10.0, 0)
-    key = transition_key("g", "hook", reason="first", sequence=0, entry=entry,
-                         follows_at=None)
-    same = LogEntry(frozenset({"f1"}), frozenset(), 99.0, 0)  # another instance's clock
-    assert transition_key("g", "hook", reason="first", sequence=0, entry=same,
-                          follows_at=None) == key
-    assert transition_key("g", "hook", reason="first", sequence=0, entry=entry,
-                          follows_at=5.0) != key  # a re-fire after a resolution
-    assert transition_key("g", "pd", reason="first", sequence=0, entry=entry,
-                          follows_at=None) != key

@@ -30,8 +30,11 @@ def serve(redis_url: str, rules: Path, hook_url: str, workdir: Path, name: str,
 
 def metric(base: str, name: str) -> float:
     body = urllib.request.urlopen(f"{base}/metrics").read().decode()
-    match = re.search(rf"^{name} (\S+)", body, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)", body, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+LEADER = 'stem_observe_outbox_leader{receiver="hook"}'
 
 
 def dead_letters(redis_url: str, count: int = 3) -> None:
@@ -103,9 +106,9 @@ def start_pair(stack: ExitStack, redis_url: str, rules: Path, hook: FaultServer,
 
 
 def the_leader(bases: list[str]) -> int:
-    wait_for(lambda: any(metric(b, "stem_observe_outbox_leader") == 1 for b in bases),
+    wait_for(lambda: any(metric(b, LEADER) == 1 for b in bases),
              message="an outbox leader")
-    return next(i for i, b in enumerate(bases) if metric(b, "stem_observe_outbox_leader") == 1)
+    return next(i for i, b in enumerate(bases) if metric(b, LEADER) == 1)
 
 
 def test_a_serve_process_killed_mid_send_is_taken_over_by_the_other(
@@ -128,9 +131,9 @@ def test_a_serve_process_killed_mid_send_is_taken_over_by_the_other(
                  message="the notification sent by the other instance")
         first, second = hook.requests()
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
-        assert metric(other, "stem_observe_outbox_reclaimed_total") == 1.0
+        assert metric(other, 'stem_observe_outbox_reclaimed_total{receiver="hook"}') == 1.0
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: client.xlen("stem_observe:outbox") == 0, message="acknowledged")
+        wait_for(lambda: client.xlen("stem_observe:outbox:hook") == 0, message="acknowledged")
         client.close()
         start = ticks(other)
         wait_for(lambda: ticks(other) >= start + 10, timeout_s=30, message="ten more ticks")
