@@ -17,6 +17,7 @@ poison pill evaluators on the thread that sent the signal (their stores' locks o
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
@@ -125,8 +126,14 @@ class Scan:
 
 
 class Evaluator:
-    """Base: the rule, its signals' receivers and the shared helpers."""
+    """Base: the rule, its signals' receivers, and what restoring a saved state needs.
 
+    ``settle_s`` is how long after ``start`` a reading that does not breach is
+    conclusive: windows that began empty at ``start`` need that long to hold what they
+    describe, so an alert restored from a saved state is not cleared before.
+    """
+
+    settle_s: float = 0.0
     source: Source | None = None
     """The shared source read, if any (refreshed by the engine before :meth:`scan`)."""
 
@@ -152,6 +159,22 @@ class Evaluator:
         return {"alertname": self.rule.name, "severity": self.rule.severity,
                 "value": value, "threshold": threshold}
 
+    def key_of(self, labels: Mapping[str, object]) -> Key | None:
+        """The label set named by an alert's ``labels``; ``None`` if one is missing."""
+        found: list[str] = []
+        for name in self.group_by:
+            value = labels.get(name)
+            if not isinstance(value, str):
+                return None
+            found.append(value)
+        return tuple(found)
+
+    def settled(self, key: Key, now: float) -> bool:
+        """Whether a reading of ``key`` at ``now`` that does not breach is conclusive."""
+        return now - self.start >= self.settle_s
+
+    def seed(self, key: Key, active_at: float) -> None:
+        """A restored alert of ``key`` began to breach at ``active_at``."""
 
 
 class _CountEvaluator(Evaluator):
@@ -163,6 +186,7 @@ class _CountEvaluator(Evaluator):
                  start: float) -> None:
         super().__init__(rule, start)
         self.source = source
+        self.settle_s = source.counts.span_s
         self.observers = dict.fromkeys(rule.inputs, source.observe)
         self._breaching: dict[Key, Breach] = {}
         self._seen = 0
@@ -242,6 +266,7 @@ class _SpikeEvaluator(Evaluator):
     def __init__(self, rule: SpikeRule, source: SpikeSource, start: float) -> None:
         super().__init__(rule, start)
         self.source = source
+        self.settle_s = source.counts.span_s + rule.window_s  # a baseline needs history
         self.observers = dict.fromkeys(rule.inputs, source.observe)
         self._breaching: dict[Key, Breach] = {}
 
@@ -272,6 +297,7 @@ class _GaugeEvaluator(Evaluator):
     def __init__(self, rule: GaugeRule, source: GaugeSource, start: float) -> None:
         super().__init__(rule, start)
         self.source = source
+        self.settle_s = source.gauges.expire_after_s
         self.observers = {rule.signal: source.observe}
         self._breaching: dict[Key, Breach] = {}
         self._seen = 0
@@ -297,6 +323,9 @@ class _GaugeEvaluator(Evaluator):
     def values(self, breach: Breach) -> dict[str, object]:
         return self.common(breach.value, breach.threshold) | {"field": self.rule.field}
 
+    def settled(self, key: Key, now: float) -> bool:
+        return self.source.gauges.get(key) is not None or super().settled(key, now)
+
 
 class _AbsenceEvaluator(Evaluator):
     """Silence since the last event (or since the ``when`` condition began to hold)."""
@@ -312,6 +341,7 @@ class _AbsenceEvaluator(Evaluator):
         if rule.when is not None:
             self.gauges = GaugeValues(expire_after_s=rule.forget_after_s,
                                       max_label_sets=max_label_sets)
+            self.settle_s = rule.forget_after_s
         self.observers = dict.fromkeys(rule.inputs, self.observe)
         self._lock = threading.Lock()
 
@@ -351,6 +381,15 @@ class _AbsenceEvaluator(Evaluator):
                                 values=values)
         return Scan(found, None)
 
+    def settled(self, key: Key, now: float) -> bool:
+        if self.gauges is not None and self.gauges.get(key) is not None:
+            return True
+        return super().settled(key, now)
+
+    def seed(self, key: Key, active_at: float) -> None:
+        # the silence began absent_for before the breach did
+        self.seen.touch(key, active_at - self.rule.absent_for_s)
+
 
 class _PoisonPillEvaluator(Evaluator):
     """One reading per (label set, error fingerprint): the fingerprint joins the key."""
@@ -362,6 +401,8 @@ class _PoisonPillEvaluator(Evaluator):
         self.windows = FingerprintWindows(
             span_s=rule.window_s, bucket_s=bucket_for(rule.window_s),
             max_label_sets=max_label_sets, max_samples=min(rule.max_samples, MAX_SAMPLES))
+        bucket_s = bucket_for(rule.window_s)
+        self.settle_s = math.ceil(rule.window_s / bucket_s - 1e-9) * bucket_s
         self.observers = dict.fromkeys(rule.inputs, self.observe)
         self._traces: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
@@ -397,6 +438,12 @@ class _PoisonPillEvaluator(Evaluator):
 
     def labels(self, key: Key) -> dict[str, str]:
         return dict(zip(self.group_by, key[:-1], strict=True)) | {"fingerprint": key[-1]}
+
+    def key_of(self, labels: Mapping[str, object]) -> Key | None:
+        found = super().key_of(labels)
+        fingerprint = labels.get("fingerprint")
+        return None if found is None or not isinstance(fingerprint, str) else (
+            *found, fingerprint)
 
 
 def build_evaluators(rules: Collection[Rule], *, max_label_sets: int,

@@ -6,9 +6,14 @@ moves it::
        └──── clear ────────┘
 
 :class:`RuleStates` keeps one rule's alerts and, per tick, looks only at what can move: the
-label sets the scan says changed, the pending alerts (their ``for``) and the alerts whose
-breach cleared (their ``keep_firing_for``). A firing alert whose breach goes on costs
-nothing.
+label sets the scan says changed, the pending alerts (their ``for``), the alerts whose
+breach cleared (their ``keep_firing_for``) and the *held* ones. A firing alert whose breach
+goes on costs nothing.
+
+*Held* alerts were restored from a saved state (a restart, or a second instance joining):
+they keep their state and times until a scan confirms the breach — then they carry on
+as if never interrupted — or until the rule's windows, empty at start, can tell that it
+cleared (:meth:`Evaluator.settled <._evaluate.Evaluator.settled>`).
 
 Everything here runs under the engine's lock.
 """
@@ -97,6 +102,10 @@ class Instance:
             self._annotations = {name: t.render(values) for name, t in templates}
         return self._annotations
 
+    def restored(self, annotations: Mapping[str, str]) -> None:
+        """Show ``annotations`` (as saved) until a fresh reading replaces them."""
+        self._annotations = dict(annotations)
+
     def update(self, reading: Breach) -> None:
         self.reading = reading
         self._annotations = None
@@ -153,7 +162,8 @@ Changed = dict[int, Instance]
 
 class RuleStates:
     """The pending and firing alerts of one rule (``instances``), with the subsets whose
-    timers run (``pending``, ``clearing``)."""
+    timers run (``pending``, ``clearing``) and those restored and not yet confirmed
+    (``held``)."""
 
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
@@ -164,6 +174,12 @@ class RuleStates:
         self.instances: dict[Key, Instance] = {}
         self.pending: dict[Key, Instance] = {}
         self.clearing: dict[Key, Instance] = {}
+        self.held: dict[Key, Instance] = {}
+
+    def hold(self, instance: Instance) -> None:
+        """Add a restored pending or firing alert, held until confirmed or cleared."""
+        self.instances[instance.key] = instance
+        self.held[instance.key] = instance
 
     def advance(self, scan: Scan, now: float, changed: Changed,
                 fire: Callable[[Instance, float], None]) -> None:
@@ -183,10 +199,17 @@ class RuleStates:
                     continue
                 if instance.reading is not reading:
                     instance.update(reading)
+                if self.held.pop(key, None) is not None and instance.state == "pending":
+                    self.pending[key] = instance
                 if instance.cleared_at is not None:
                     instance.cleared_at = None
                     del self.clearing[key]
-            elif instance is not None:
+            elif instance is not None and key not in self.held:
+                self._clear(instance, now, changed)
+        if self.held:
+            settled = self.evaluator.settled
+            for instance in [i for k, i in self.held.items() if settled(k, now)]:
+                del self.held[instance.key]
                 self._clear(instance, now, changed)
         if self.pending:
             for_s = self.rule.for_s
@@ -216,4 +239,5 @@ class RuleStates:
 
     def counts(self) -> tuple[int, int]:
         """(pending, firing) alerts."""
-        return len(self.pending), len(self.instances) - len(self.pending)
+        pending = len(self.pending) + sum(i.state == "pending" for i in self.held.values())
+        return pending, len(self.instances) - pending

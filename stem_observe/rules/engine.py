@@ -23,6 +23,18 @@ hands the group's unmuted alerts to :meth:`Dispatcher.notify
 flush sends nothing. Alerts matched by an active silence (:class:`~.store.Store`), or
 inhibited by a firing alert (``routing.inhibit``), are left out of flushes.
 
+**Restarts.** A tick that changes a state saves every state to the store
+(:meth:`Store.save_states <.store.Store.save_states>`), and a new engine loads them back
+(:mod:`._restore`): after a restart, or in a second ``serve`` sharing the store. Restored
+pending and firing alerts keep their times and are listed by :meth:`alerts` at once. Each
+is held in its state until a tick confirms the breach — a ``for`` timer then continues
+from the saved ``active_at`` — or until its rule's windows, empty at start, have filled
+enough to tell that it cleared (a rate rule's window, twice a spike rule's window, a
+gauge's next reading); a firing alert that cleared then resolves after
+``keep_firing_for``. A restored firing alert rejoins its groups, flushed ``group_wait``
+after it fired (at once if that has passed), and keeps its start, so the notification
+log sees the incident it already told of, not a new one.
+
 Threads: receivers run on the sender's thread and only touch the windows (never block on
 I/O, never raise into the sender). :meth:`evaluate` runs on the tick thread
 (:meth:`start`) or the caller's; it calls the store and the dispatcher's ``notify``, which
@@ -39,10 +51,10 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any
 
 from blinker import NamedSignal
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from stem_observe import events as ev
 from stem_observe import signals
@@ -52,6 +64,8 @@ from stem_observe.notify.dispatch import Dispatcher
 from stem_observe.notify.model import Alert, TaskSample, check_trace_template
 from stem_observe.rules._evaluate import Key, Observer, build_evaluators
 from stem_observe.rules._instances import Changed, Instance, RuleStates, StateName
+from stem_observe.rules._metrics import EngineMetrics
+from stem_observe.rules._restore import restore
 from stem_observe.rules.model import RuleSet
 from stem_observe.rules.routing import Route, Routing
 from stem_observe.rules.store import MemoryStore, Silence, Store
@@ -111,36 +125,6 @@ class _Group:
     members: dict[tuple[str, Key], Instance] = field(default_factory=dict)
 
 
-class _Metrics:
-    """``stem_observe_rule_evaluation_seconds``, ``stem_observe_alerts{state}`` and
-    ``stem_observe_rule_errors_total{stage}``, defined once per registry."""
-
-    _instances: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, _Metrics]] = (
-        weakref.WeakKeyDictionary())
-    _lock: ClassVar = threading.Lock()
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.evaluation = Histogram(
-            "stem_observe_rule_evaluation_seconds", "Seconds one tick of the rules engine took.",
-            registry=registry, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
-        self.alerts = Gauge("stem_observe_alerts", "Alerts of the rules engine by state.",
-                            ["state"], registry=registry)
-        self.errors = Counter(
-            "stem_observe_rule_errors", "Errors the rules engine caught, by stage: observe "
-            "(counting an event), evaluate (a rule), store, dispatch.", ["stage"],
-            registry=registry)
-        for stage in ("observe", "evaluate", "store", "dispatch"):
-            self.errors.labels(stage)
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> _Metrics:
-        with cls._lock:
-            found = cls._instances.get(registry)
-            if found is None:
-                found = cls._instances[registry] = cls(registry)
-            return found
-
-
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -159,10 +143,11 @@ class Engine:
 
     ``clock.time()`` stamps received events and ticks; ``tick_s`` is the tick thread's
     period; ``store`` holds silences and the state snapshot (:class:`~.store.MemoryStore`
-    by default); ``max_label_sets`` bounds each window. Every receiver the routing names
-    must be one of the dispatcher's (a :class:`ConfigError` otherwise). Without routing in
-    ``rules``, every alert goes to all of the dispatcher's receivers, grouped by
-    ``alertname`` with the route defaults.
+    by default), whose saved states the engine restores at once (see the module doc);
+    ``max_label_sets`` bounds each window. Every receiver the routing names must be one of
+    the dispatcher's (a :class:`ConfigError` otherwise). Without routing in ``rules``,
+    every alert goes to all of the dispatcher's receivers, grouped by ``alertname`` with
+    the route defaults.
     """
 
     def __init__(
@@ -190,7 +175,7 @@ class Engine:
                     raise ConfigError(f"routing.receivers.{route.receiver}",
                                       "the dispatcher has no such receiver")
         self._route_ids = {id(route): str(i) for i, route in enumerate(_walk(self.routing.route))}
-        self._metrics = _Metrics.for_registry(registry)
+        self._metrics = EngineMetrics.for_registry(registry)
         start = clock.time()
         evaluators, self._sources = build_evaluators(
             rules.rules, max_label_sets=max_label_sets, start=start)
@@ -207,6 +192,8 @@ class Engine:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.restored: Mapping[str, int] = self._restore(start)
+        """Saved states read at construction, by outcome (see :mod:`._restore`)."""
         _engines.add(self)
 
     # --- ingestion ----------------------------------------------------------------------
@@ -384,6 +371,31 @@ class Engine:
                 group.next_flush = now + route.group_interval_s
             else:
                 del self._groups[key]
+
+    # --- restoring ----------------------------------------------------------------------
+
+    def _restore(self, now: float) -> dict[str, int]:
+        try:
+            saved = self.store.load_states()
+        except Exception:
+            self._metrics.errors.labels("store").inc()
+            logger.exception("loading saved alert states failed; starting without them")
+            return {}
+        with self._lock:
+            instances, outcomes = restore(saved, self._rules)
+            for instance in instances:
+                if instance.state != "pending" and instance.fired_at is not None:
+                    self._join(instance, now, instance.fired_at)
+        for outcome, count in outcomes.items():
+            self._metrics.restored.labels(outcome).inc(count)
+        skipped = {k: v for k, v in outcomes.items() if k != "restored"}
+        if skipped:
+            logger.warning("restored %d saved alert states; skipped %s", outcomes["restored"],
+                           ", ".join(f"{count} {outcome.replace('_', ' ')}"
+                                     for outcome, count in sorted(skipped.items())))
+        elif instances:
+            logger.info("restored %d saved alert states", len(instances))
+        return dict(outcomes)
 
     # --- reading ------------------------------------------------------------------------
 

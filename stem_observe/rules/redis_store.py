@@ -98,10 +98,15 @@ def state_to_json(state: AlertState) -> dict[str, Any]:
 
 
 def state_from_json(data: dict[str, Any]) -> AlertState:
+    """The state :func:`state_to_json` wrote. Raises ``KeyError``, ``TypeError`` or
+    ``ValueError`` for a field missing or not of its shape; labels that are not an object
+    are kept as they are, for the engine to skip and count."""
     from stem_observe.rules.engine import AlertState
 
+    labels = data["labels"]
     return AlertState(
-        name=data["name"], labels=dict(data["labels"]), state=data["state"],
+        name=data["name"], labels=dict(labels) if isinstance(labels, dict) else labels,
+        state=data["state"],
         since=data["since"], active_at=data["active_at"], fired_at=data["fired_at"],
         resolved_at=data["resolved_at"], value=data["value"], threshold=data["threshold"],
         baseline=data["baseline"], annotations=dict(data["annotations"]),
@@ -255,6 +260,8 @@ class RedisStore:
             self._errors.error("saving alert states", exc)
 
     def load_states(self) -> builtins.list[AlertState]:
+        """The snapshot in Redis (the last one saved here if Redis cannot be read). An
+        entry that cannot be decoded is skipped and logged; the others are returned."""
         try:
             raw = self.client.get(self._states_key)
         except redis.RedisError as exc:
@@ -262,11 +269,30 @@ class RedisStore:
             raw = None
         if raw is not None:
             try:
-                return [state_from_json(d) for d in json.loads(raw)]
-            except (ValueError, KeyError, TypeError) as exc:
+                entries = json.loads(raw)
+                if not isinstance(entries, builtins.list):
+                    raise TypeError(f"expected a JSON list, got {type(entries).__name__}")
+            except (ValueError, TypeError) as exc:
                 self._errors.error("decoding alert states", exc)
+            else:
+                return self._decode(entries)
         with self._lock:
             return builtins.list(self._states)
+
+    def _decode(self, entries: builtins.list[Any]) -> builtins.list[AlertState]:
+        found: builtins.list[AlertState] = []
+        skipped: builtins.list[str] = []
+        for i, entry in enumerate(entries):
+            try:
+                if not isinstance(entry, dict):
+                    raise TypeError(f"expected an object, got {type(entry).__name__}")
+                found.append(state_from_json(entry))
+            except (ValueError, KeyError, TypeError) as exc:
+                skipped.append(f"[{i}] {type(exc).__name__}: {exc}")
+        if skipped:
+            logger.warning("skipped %d of %d saved alert states that could not be decoded: %s",
+                           len(skipped), len(entries), "; ".join(skipped[:5]))
+        return found
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r})"

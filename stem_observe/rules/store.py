@@ -1,5 +1,6 @@
 """Where the engine keeps what must outlive one tick or be shared: silences and a snapshot
-of the alert states.
+of the alert states, which an engine restores when it starts (after a restart, or as a
+second instance sharing the store).
 
 :class:`Store` is the plugin point (a Redis store shares both between ``serve`` instances);
 :class:`MemoryStore` is the default and the test double. Silences are created by the CLI
@@ -85,11 +86,12 @@ class Store(Protocol):
     """Silences and the alert-state snapshot.
 
     :meth:`silences` and :meth:`save_states` are called from the engine's tick thread once
-    per tick; :meth:`add`, :meth:`list` and :meth:`expire` from the CLI or an HTTP handler
-    thread. Implementations must be thread-safe. They may block (a network store waits on
-    its server), which delays that tick only. The engine catches and logs whatever they
-    raise, but a store should not raise for an unreachable backend: log, and return what it
-    last knew. :meth:`add` raises :class:`SilenceError` for an invalid silence.
+    per tick, :meth:`load_states` once when an engine is built; :meth:`add`, :meth:`list`
+    and :meth:`expire` from the CLI or an HTTP handler thread. Implementations must be
+    thread-safe. They may block (a network store waits on its server), which delays that
+    tick only. The engine catches and logs whatever they raise, but a store should not
+    raise for an unreachable backend: log, and return what it last knew. :meth:`add`
+    raises :class:`SilenceError` for an invalid silence.
     """
 
     def add(self, matchers: Sequence[Matcher | str], ends_at: float, created_by: str = "",
@@ -114,7 +116,8 @@ class Store(Protocol):
         ...
 
     def load_states(self) -> builtins.list[AlertState]:
-        """The last snapshot saved."""
+        """The last snapshot saved (empty if none). States the engine cannot use (a rule
+        that is gone, bad labels) are skipped and counted by the engine."""
         ...
 
 
