@@ -16,7 +16,7 @@
     the first events leave every window along the way.
 
   Each shape reports the first tick (every label set changed since the feed), the median
-  and the maximum of all ticks. Target: under 100 ms.
+  and the maximum of all ticks. Target: a median under 100 ms.
 * **crossing → webhook** — a rate rule (``threshold: 4``, ``group_wait: 0s``) on the real
   tick thread, a real :class:`WebhookReceiver` and a local HTTP server: the clock starts
   when the fifth ``task-retry`` (the crossing) is emitted and stops when the server reads
