@@ -1,7 +1,8 @@
 """Alerting rules: definitions (``model`` for rules, ``routing`` for receivers and routes,
 ``templates`` for annotations, ``signals_map`` for what each signal carries), YAML loading
-(``loader``) and the bounded time-bucketed state the engine keeps per rule and label set
-(``windows``).
+(``loader``) and the bounded time-bucketed state the engine keeps per label set
+(``windows``), one window shared by the rules that read the same signals, grouping and
+window length.
 
 Load and validate a rules file or directory — every problem is reported at once, each with
 file, line and key path::
