@@ -239,7 +239,7 @@ class Dispatcher:
                 target=self._run, args=(lane,), name=f"stem-observe-notify-{name}", daemon=True)
             lane.thread.start()
         if self.outbox is not None:
-            self.outbox.start(list(self._lanes), self._take_from_outbox)
+            self.outbox.start(list(self._lanes), self._take_from_outbox, self._room)
 
     def notify(
         self, group_key: str, alerts: Sequence[Alert], *,
@@ -424,6 +424,12 @@ class Dispatcher:
             return True
         self.policy.metrics.queue_depth.labels(notification.receiver).set(depth)
         return True
+
+    def _room(self, name: str) -> int:
+        """How many more notifications the receiver's queue takes now."""
+        lane = self._lanes[name]
+        with lane.cond:
+            return 0 if lane.closing else lane.max_queue - len(lane.items)
 
     def _check(self, taken: OutboxEntry) -> DeliveryResult | None:
         """Before each attempt of an outbox entry: go on (``None``), or stop because it was

@@ -16,12 +16,16 @@ decides against the newest of that and the delivered log, and queues with the ve
 decision was based on; one Lua script checks the version is still that, increments it and
 ``XADD`` s the entry. So a transition enters the stream once however many instances reach
 it, and an instance whose view was stale queues nothing (its next flush decides again).
-When Redis cannot be reached the caller sends locally (fail open).
+The version counts on from the highest delivered one when that is higher (the version key
+expired, or was evicted, before the ``done`` key, written later), so a new notification is
+never taken for one delivered already. When Redis cannot be reached the caller sends
+locally (fail open).
 
 **Sending.** Each receiver has its own stream and lease, contested only by the instances
 that have that receiver configured; the holder reads the stream through the consumer group
-``senders``, at most ``capacity`` entries per receiver in flight, so a receiver that hangs
-holds back no other. Entries read stay in the group's pending list (PEL) until
+``senders``, at most ``capacity`` entries per receiver in flight and no more than the
+receiver's queue takes, so a receiver that hangs holds back no other (and what does not fit
+stays in the stream). Entries read stay in the group's pending list (PEL) until
 :meth:`~RedisOutbox.finish` acknowledges and deletes them. While a delivery runs (back-off
 included) the holder refreshes its entries' idle time (``XCLAIM … JUSTID``), and before each
 attempt it checks (:meth:`~RedisOutbox.may_send`) that the entry is still its own and that no
@@ -33,7 +37,9 @@ hung) is taken by the leader with ``XAUTOCLAIM``. An entry delivered more than
 ``max_deliveries`` times without an acknowledgement (an instance died on it each time) goes
 to the dead stream instead of being tried again.
 
-**Outcomes.** Delivered: the group's ``done`` version is raised, then ``XACK`` + ``XDEL``.
+**Outcomes.** Delivered: the group's ``done`` version is raised (only while the entry is
+still pending in its stream: a request that ends after Redis restarted without persistence
+must not mark a version of the new numbering delivered), then ``XACK`` + ``XDEL``.
 Given up on: copied to ``:outbox:dead`` with the reason and acknowledged; after transient
 failures (time-outs, 5xx, 429 past the retry deadline) the group's last queued state is
 forgotten so the next flush queues it again; after permanent ones (4xx, a body that is not
@@ -93,11 +99,13 @@ PERMANENT_KINDS: Final = frozenset({"auth", "not_found", "gone", "redirect", "cl
 CONSUMER_IDLE_MS: Final = 3_600_000
 LOG_EVERY_S: Final = 60.0
 
-# KEYS: stream, version, last queued. ARGV: max length, ttl ms, expected version, log entry,
-# then the stream entry's field/value pairs (its version is appended).
+# KEYS: stream, version, last queued, done. ARGV: max length, ttl ms, expected version, log
+# entry, then the stream entry's field/value pairs (its version is appended). The current
+# version is the higher of the version and done keys (see ``last_queued``).
 _ENQUEUE = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local version = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'),
+                         tonumber(redis.call('GET', KEYS[4]) or '0'))
 if version ~= tonumber(ARGV[3]) then return 0 end
 version = version + 1
 redis.call('SET', KEYS[2], version, 'PX', ARGV[2])
@@ -116,8 +124,19 @@ if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
 if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return -1 end
 return 1
 """
-# KEYS: done. ARGV: version, ttl ms. Raise the delivered version (never lower it).
+# KEYS: done. ARGV: version, ttl ms. Raise the delivered version (never lower it); for
+# recording a delivery by hand (``finish`` uses ``_DELIVERED``).
 _DONE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+# KEYS: done, stream. ARGV: version, ttl ms, group, id. Raise the delivered version if the
+# entry is still pending in the stream (by anyone): a stream and group created again after
+# Redis lost them count versions anew, and an older entry's version must not enter that.
+_DELIVERED = """
+local p = redis.pcall('XPENDING', KEYS[2], ARGV[3], ARGV[4], ARGV[4], 1)
+if type(p) ~= 'table' or p.err or not p[1] then return 0 end
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return 1
@@ -180,6 +199,8 @@ class OutboxEntry:
 
 Deliver = Callable[[OutboxEntry], bool]
 """Hands an entry to its receiver's queue; ``False`` when it cannot be taken now."""
+Room = Callable[[str], int]
+"""How many more entries a receiver's queue takes now."""
 
 
 class _Metrics:
@@ -238,6 +259,7 @@ class RedisOutbox:
         self.metrics = _Metrics(registry)
         self._scripts = {name: client.register_script(text) for name, text in (
             ("enqueue", _ENQUEUE), ("may_send", _MAY_SEND), ("done", _DONE),
+            ("delivered", _DELIVERED),
             ("forget", _FORGET), ("lease", _LEASE), ("release", _RELEASE), ("keep", _KEEP),
             ("hand_back", _HAND_BACK))}
         self._lock = threading.Lock()
@@ -248,6 +270,7 @@ class RedisOutbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._deliver: Deliver | None = None
+        self._room: Room | None = None
         self._last_log: dict[str, float] = {}
 
     # --- keys -------------------------------------------------------------------------
@@ -266,19 +289,23 @@ class RedisOutbox:
 
     def last_queued(self, group_key: str, receiver: str) -> tuple[int, LogEntry | None] | None:
         """The group's version and the log entry last queued for it (``None`` for the entry
-        when there is none); ``None`` when Redis cannot be read: then send locally."""
+        when there is none); ``None`` when Redis cannot be read: then send locally. The
+        version is the higher of the version queued and the version delivered."""
         if not self.breaker.allow():
             return None
         try:
-            version, last = self.client.mget([self._state_key("ver", receiver, group_key),
-                                              self._state_key("last", receiver, group_key)])
+            version, last, done = self.client.mget([
+                self._state_key("ver", receiver, group_key),
+                self._state_key("last", receiver, group_key),
+                self._state_key("done", receiver, group_key)])
         except redis.RedisError as exc:
             self.breaker.failure()
             self._error("reading the outbox state", exc)
             return None
         self.breaker.success()
         try:
-            return int(version or 0), None if last is None else decode_entry(last)
+            return (max(int(version or 0), int(done or 0)),
+                    None if last is None else decode_entry(last))
         except ValueError as exc:  # written by something else: decide against the log
             self._error("decoding the outbox state", exc)
             return None
@@ -291,7 +318,8 @@ class RedisOutbox:
         entry_json = encode_entry(entry)
         fields = ["notification", encode_notification(notification), "entry", entry_json]
         keys = [self.stream(receiver), self._state_key("ver", receiver, group_key),
-                self._state_key("last", receiver, group_key)]
+                self._state_key("last", receiver, group_key),
+                self._state_key("done", receiver, group_key)]
         outcome: EnqueueOutcome
         if not self.breaker.allow():
             outcome = "unavailable"
@@ -315,12 +343,15 @@ class RedisOutbox:
 
     # --- the sender's side ----------------------------------------------------------------
 
-    def start(self, receivers: Sequence[str], deliver: Deliver) -> None:
-        """Contend for the leases of ``receivers``; as leader, hand entries to ``deliver``."""
+    def start(self, receivers: Sequence[str], deliver: Deliver,
+              room: Room | None = None) -> None:
+        """Contend for the leases of ``receivers``; as leader, hand entries to ``deliver``,
+        reading no more for a receiver than ``room`` says its queue takes."""
         self._receivers = tuple(receivers)
         for receiver in self._receivers:
             self.metrics.leader.labels(receiver).set(0)
         self._deliver = deliver
+        self._room = room
         self._reading.set()
         self._thread = threading.Thread(target=self._run, name="stem-observe-outbox",
                                         daemon=True)
@@ -353,9 +384,10 @@ class RedisOutbox:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 if result.delivered:
-                    self._scripts["done"](
-                        keys=[self._state_key("done", receiver, group_key)],
-                        args=[item.version, self.state_ttl_ms], client=pipe)
+                    self._scripts["delivered"](
+                        keys=[self._state_key("done", receiver, group_key), stream],
+                        args=[item.version, self.state_ttl_ms, GROUP, item.ticket],
+                        client=pipe)
                 else:
                     pipe.xadd(self.dead_stream, _dead_fields(item, result),
                               maxlen=self.dead_max, approximate=True)
@@ -522,6 +554,8 @@ class RedisOutbox:
 
     def _read(self, led: frozenset[str], wait_s: float) -> None:
         room = {r: self.capacity - self._in_flight(r) for r in led}
+        if self._room is not None:  # a full queue would hand entries back, to be read again
+            room = {r: min(free, self._room(r)) for r, free in room.items()}
         streams: dict[Any, Any] = {self.stream(r): ">" for r, free in room.items() if free > 0}
         if not streams:
             self._stop.wait(min(wait_s, 0.05))
