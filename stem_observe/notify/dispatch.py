@@ -435,12 +435,18 @@ class Dispatcher:
         """Before each attempt of an outbox entry: go on (``None``), or stop because it was
         delivered already or a later state of the group was (``superseded``: settled without
         sending), or because it is no longer this instance's (taken over, or Redis cannot
-        tell: left pending for its holder)."""
+        tell: left pending for its holder). An entry Redis lost with a restart is sent on
+        unless the log shows a newer state of its group."""
         assert self.outbox is not None
         verdict = self.outbox.may_send(taken)
         if verdict == "send":
             return None
         notification = taken.notification
+        if verdict == "orphaned":  # Redis lost it: this holder is the only one left
+            logged = self.log.get(notification.group_key, notification.receiver)
+            if logged is None or logged.at <= taken.entry.at:
+                return None
+            verdict = "superseded"
         if verdict == "superseded":
             return DeliveryResult(notification.receiver, notification.notification_id, True,
                                   0, 0.0, detail={"superseded": "true"})

@@ -3,8 +3,8 @@ and a crashed instance's notification is taken over by another.
 
 Keys (``prefix`` defaults to ``stem_observe``; ``<g>`` is the SHA-256 of a group key)::
 
-    <prefix>:outbox:<receiver>             a receiver's stream of notifications to send
-    <prefix>:outbox:<receiver>:leader      the lease of the instance sending for it
+    <prefix>:outbox:q:<receiver>           a receiver's stream of notifications to send
+    <prefix>:outbox:lease:<receiver>       the lease of the instance sending for it
     <prefix>:outbox:dead                   notifications given up on (MAXLEN ~ dead_max)
     <prefix>:outbox:ver:<receiver>:<g>     the group's version: notifications queued so far
     <prefix>:outbox:last:<receiver>:<g>    the log entry last queued for the group
@@ -88,7 +88,7 @@ __all__ = ["EnqueueOutcome", "OutboxEntry", "RedisOutbox"]
 logger = logging.getLogger("stem_observe.notify.outbox")
 
 EnqueueOutcome = Literal["queued", "duplicate", "unavailable", "full"]
-Verdict = Literal["send", "superseded", "not_mine"]
+Verdict = Literal["send", "superseded", "not_mine", "orphaned"]
 GROUP: Final = "senders"
 DEFAULT_CLAIM_TIMEOUT_S: Final = 360.0
 """Longer than the default retry deadline (300 s) plus a request time-out."""
@@ -117,12 +117,17 @@ fields[#fields + 1] = version
 redis.call('XADD', KEYS[1], '*', unpack(fields))
 return 1
 """
-# KEYS: stream, done. ARGV: group, consumer, id, version. 1 send, 0 not ours, -1 superseded.
+# KEYS: stream, done. ARGV: group, consumer, id, version. 1 send, 0 not ours, -1 superseded,
+# 2 lost: neither pending nor in the stream any more (Redis restarted without persistence).
 _MAY_SEND = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return -1 end
-return 1
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if type(p) == 'table' and p[1] then
+  if p[1][2] ~= ARGV[2] then return 0 end
+  if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return -1 end
+  return 1
+end
+if redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])[1] then return 0 end
+return 2
 """
 # KEYS: done. ARGV: version, ttl ms. Raise the delivered version (never lower it); for
 # recording a delivery by hand (``finish`` uses ``_DELIVERED``).
@@ -276,10 +281,10 @@ class RedisOutbox:
     # --- keys -------------------------------------------------------------------------
 
     def stream(self, receiver: str) -> str:
-        return f"{self.prefix}:outbox:{receiver}"
+        return f"{self.prefix}:outbox:q:{receiver}"
 
     def _leader_key(self, receiver: str) -> str:
-        return f"{self.prefix}:outbox:{receiver}:leader"
+        return f"{self.prefix}:outbox:lease:{receiver}"
 
     def _state_key(self, kind: str, receiver: str, group_key: str) -> str:
         digest = hashlib.sha256(group_key.encode()).hexdigest()
@@ -360,7 +365,9 @@ class RedisOutbox:
     def may_send(self, item: OutboxEntry) -> Verdict:
         """Before an attempt: ``send``; ``superseded`` (this or a later version of the group
         was delivered already); ``not_mine`` (taken over, or Redis cannot tell: the entry
-        stays pending for whoever holds it)."""
+        stays pending for whoever holds it); ``orphaned`` (Redis lost the entry with a
+        restart: nobody else can send it, so this holder goes on unless the notification log
+        shows a newer state)."""
         receiver, group_key = item.notification.receiver, item.notification.group_key
         try:
             answer = self._scripts["may_send"](
@@ -369,7 +376,8 @@ class RedisOutbox:
         except redis.RedisError as exc:
             self._error("checking a notification before sending", exc)
             return "not_mine"
-        return "send" if answer == 1 else "superseded" if answer == -1 else "not_mine"
+        verdicts: dict[int, Verdict] = {1: "send", -1: "superseded", 2: "orphaned"}
+        return verdicts.get(int(answer), "not_mine")
 
     def finish(self, item: OutboxEntry, result: DeliveryResult) -> None:
         """Settle an entry after its delivery (called on the delivery thread)."""
@@ -634,7 +642,7 @@ class RedisOutbox:
             pipe.xack(stream, GROUP, ticket)
             pipe.xdel(stream, ticket)
             pipe.execute()
-        receiver = stream.removeprefix(f"{self.prefix}:outbox:")
+        receiver = stream.removeprefix(f"{self.prefix}:outbox:q:")
         self.metrics.dead.labels(receiver, reason).inc()
         logger.error("outbox: entry %s of %s moved to %s: %s", ticket, stream,
                      self.dead_stream, error)

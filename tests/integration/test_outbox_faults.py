@@ -652,15 +652,11 @@ def test_a_group_whose_version_expired_first_is_still_notified(
 
 # --- 9. key layout ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the stream of a receiver named 'dead' is the dead-letter stream "
-    "(outbox.py: stream() and dead_stream): its leader reads each dead letter, buries it as "
-    "undecodable into the same stream and reads that again, without end"))
 def test_a_receiver_named_dead_does_not_read_the_dead_letters(
     redis_url: str, nodes: list[Node],
 ) -> None:
     """Receiver names are free (``[A-Za-z0-9][A-Za-z0-9_.-]*``), and a receiver's stream is
-    ``<prefix>:outbox:<receiver>``; a receiver called ``dead`` must not share its stream
+    ``<prefix>:outbox:q:<receiver>``; a receiver called ``dead`` must not share its stream
     with the dead letters: they would be read as its notifications."""
     with FaultServer(default=Reply(status=400, body="bad")) as hook, FaultServer() as dead:
         a = add(nodes, redis_url, "a", {"hook": hook.url + "/hook", "dead": dead.url + "/d"})
@@ -682,10 +678,6 @@ def test_a_receiver_named_dead_does_not_read_the_dead_letters(
 
 # --- 10. a restart while a resolution is in back-off --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "may_send answers not_mine for an entry its stream lost with a restart (NOGROUP, then "
-    "not pending in the group created again); the entry is dropped, and a resolution is "
-    "decided once"))
 def test_a_resolution_in_back_off_across_a_redis_restart_is_still_sent(
     redis_server: RedisServer, redis_url: str, nodes: list[Node],
 ) -> None:

@@ -133,7 +133,7 @@ def test_a_serve_process_killed_mid_send_is_taken_over_by_the_other(
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
         assert metric(other, 'stem_observe_outbox_reclaimed_total{receiver="hook"}') == 1.0
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: client.xlen("stem_observe:outbox:hook") == 0, message="acknowledged")
+        wait_for(lambda: client.xlen("stem_observe:outbox:q:hook") == 0, message="acknowledged")
         client.close()
         start = ticks(other)
         wait_for(lambda: ticks(other) >= start + 10, timeout_s=30, message="ten more ticks")
