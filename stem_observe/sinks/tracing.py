@@ -199,6 +199,11 @@ class TracingSink:
         record = self._open.get(event.task_id)
         if record is None:
             record = self._start(event)
+        if event.enqueued_at is not None and record.span.is_recording():
+            # As the metrics sink measures it: from publish, or from the ETA if one was set.
+            ready_at = event.enqueued_at if event.eta is None else max(event.enqueued_at, event.eta)
+            if event.occurred_at >= ready_at:
+                record.span.set_attribute("stem.task.queue_wait_s", event.occurred_at - ready_at)
         if event.in_process:
             # The bridge opened this task's scope; make the span current within it.
             scope = TASKS.current()
