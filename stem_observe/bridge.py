@@ -7,6 +7,10 @@ in-process task (``sinks/_scopes.py``): opened before the sinks see ``task-preru
 closed after they saw ``task-postrun``; the span is made current and log fields are read
 within it. Each sink is guarded: an exception in
 one is counted and logged (rate-limited) and never reaches the task or the other sinks.
+
+Events sent by :data:`FORWARDED_SENDER` (re-emitted from the fleet stream) were traced in
+the worker that produced them: tracing skips them, and metrics read the trace id from the
+event's ``traceparent`` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.trace import TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -30,13 +34,16 @@ from stem_observe.sinks.logs import LogsSink
 from stem_observe.sinks.metrics import MetricsSink
 from stem_observe.sinks.tracing import TracingSink
 
-__all__ = ["Bridge", "install", "installed", "uninstall"]
+__all__ = ["FORWARDED_SENDER", "Bridge", "install", "installed", "uninstall"]
 
 logger = logging.getLogger("stem_observe.bridge")
 
 _TraceHandler = Callable[[Any], str | None]
 _MetricsHandler = Callable[[Any, str | None], None]
 _LogsHandler = Callable[[Any], None]
+
+#: The sender of events forwarded from other processes, which traced them already.
+FORWARDED_SENDER: Final = "fleet"
 
 
 def _fanout(
@@ -49,6 +56,7 @@ def _fanout(
     after: Callable[[Any], None] | None = None,
 ) -> Callable[..., None]:
     fail = signals._receiver_failed
+    forwarded = FORWARDED_SENDER
 
     def receive(sender: object, *, event: Any) -> None:
         if before is not None:
@@ -57,7 +65,7 @@ def _fanout(
             except Exception:
                 fail(signal_name, before)
         trace_id = None
-        if tracing is not None:
+        if tracing is not None and sender != forwarded:
             try:
                 trace_id = tracing(event)
             except Exception:

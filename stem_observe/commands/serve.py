@@ -1,5 +1,8 @@
 """``stem-observe serve``: the sidecar. Watches a Stem deployment's Redis and serves
-``/metrics``, ``/healthz`` and ``/readyz`` until SIGINT or SIGTERM."""
+``/metrics``, ``/healthz`` and ``/readyz`` until SIGINT or SIGTERM.
+
+With ``--fleet URL`` it also consumes the fleet stream that Python workers forward their
+events to (``sources/fleet.py``); with ``--fleet`` and no broker URL it does only that."""
 
 from __future__ import annotations
 
@@ -64,6 +67,14 @@ def register(commands: Any) -> None:
                        help="with --state-redis: how long a notification taken by one "
                             "instance may stay unfinished before another sends it "
                             "(default: 6m, longer than the 5m retry deadline)")
+    serve.add_argument("--fleet", default=None, metavar="URL",
+                       help="consume the fleet stream that Python workers (the Celery plugin, "
+                            "FleetForwarder) forward their events to, in this Redis (may be "
+                            "the broker URL; default: $STEM_OBSERVE_FLEET_REDIS). Several "
+                            "instances share the stream through one consumer group. Without "
+                            "a broker URL, serve runs in fleet mode only")
+    serve.add_argument("--fleet-stream", default=None, metavar="KEY",
+                       help="the fleet stream's key (default: stem_observe:fleet)")
     serve.add_argument("--host", default=None, help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: 9464)")
     serve.set_defaults(func=run)
@@ -81,27 +92,43 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         stop: threading.Event | None = None) -> int:
     out = out or sys.stdout
     settings = Settings.resolve(http_host=args.host, http_port=args.port)
-    target = resolve(args)
-    keys = target.keys
-    where = mask_url(target.broker_url)
-    broker = connect(target.broker_url, "broker", fail_fast=False)
-    backend = (broker if target.backend_url is None
-               else connect(target.backend_url, "backend", fail_fast=False))
-    options = WatcherOptions(
-        keys=keys, worker_namespaces=tuple(args.worker_namespace or ["stem"]),
-        poll_interval_s=args.poll_interval, discover_interval_s=args.discover_interval,
-        reconcile_interval_s=args.reconcile_interval,
-        heartbeat_interval_s=args.heartbeat_interval, notifications=args.notifications,
-    )
+    fleet_url = getattr(args, "fleet", None) or os.environ.get("STEM_OBSERVE_FLEET_REDIS") or None
+    watch = fleet_url is None or bool(args.broker or os.environ.get("STEM_BROKER_URL"))
+    fleet = None
+    if fleet_url is not None:
+        from stem_observe.sinks.fleet import DEFAULT_STREAM
+        from stem_observe.sources.fleet import FleetConsumer
+
+        fleet = FleetConsumer(fleet_url, stream=getattr(args, "fleet_stream", None)
+                              or DEFAULT_STREAM, registry=REGISTRY)
+    watcher = None
+    where = keys = None
+    if watch:
+        target = resolve(args)
+        keys = target.keys
+        where = mask_url(target.broker_url)
+        broker = connect(target.broker_url, "broker", fail_fast=False)
+        backend = (broker if target.backend_url is None
+                   else connect(target.backend_url, "backend", fail_fast=False))
+        options = WatcherOptions(
+            keys=keys, worker_namespaces=tuple(args.worker_namespace or ["stem"]),
+            poll_interval_s=args.poll_interval, discover_interval_s=args.discover_interval,
+            reconcile_interval_s=args.reconcile_interval,
+            heartbeat_interval_s=args.heartbeat_interval, notifications=args.notifications,
+        )
+        watcher = StemWatcher(broker, options, backend=backend, registry=REGISTRY)
     bridge = install(settings=settings, logs=False)
-    watcher = StemWatcher(broker, options, backend=backend, registry=REGISTRY)
     server = HttpServer(registry=REGISTRY, host=settings.http_host, port=settings.http_port)
 
     def readyz(headers: dict[str, str]) -> Response:
-        if watcher.healthy():
-            return json_response(200, {"status": "ready", "queues": len(list(watcher.queues()))})
-        return json_response(503, {"status": "not ready",
-                                   "reason": f"no successful poll of {where}"})
+        if watcher is not None and not watcher.healthy():
+            return json_response(503, {"status": "not ready",
+                                       "reason": f"no successful poll of {where}"})
+        if fleet is not None and not fleet.healthy():
+            return json_response(503, {"status": "not ready",
+                                       "reason": f"no successful read of {fleet.stream}"})
+        queues = len(list(watcher.queues())) if watcher is not None else 0
+        return json_response(200, {"status": "ready", "queues": queues})
 
     server.route("/readyz", readyz)
     stopper = _Stop()
@@ -122,10 +149,19 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
                                       state_redis=state_redis,
                                       claim_timeout_s=args.claim_timeout)
         server.start()
-        watcher.start()
-        print(f"stem-observe serve: watching {where} (namespace "
-              f"{keys.broker}); metrics at {server.url}/metrics, readiness at "
-              f"{server.url}/readyz", file=out, flush=True)
+        if fleet is not None:
+            fleet.start()
+            print(f"stem-observe serve: consuming fleet stream {fleet.stream} on "
+                  f"{mask_url(fleet_url or '')} as {fleet.consumer} (group {fleet.group})",
+                  file=out, flush=True)
+        if watcher is not None and keys is not None:
+            watcher.start()
+            print(f"stem-observe serve: watching {where} (namespace "
+                  f"{keys.broker}); metrics at {server.url}/metrics, readiness at "
+                  f"{server.url}/readyz", file=out, flush=True)
+        else:
+            print(f"stem-observe serve: fleet mode; metrics at {server.url}/metrics, "
+                  f"readiness at {server.url}/readyz", file=out, flush=True)
         if alerting is not None:
             print(f"stem-observe serve: alert rules from {', '.join(rule_paths)}; alerts at "
                   f"{server.url}/api/alerts", file=out, flush=True)
@@ -134,7 +170,10 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
     finally:
         if alerting is not None:
             alerting.stop()
-        watcher.close()
+        if fleet is not None:
+            fleet.close()
+        if watcher is not None:
+            watcher.close()
         bridge.flush()
         server.stop()
         uninstall()

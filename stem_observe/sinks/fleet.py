@@ -1,0 +1,421 @@
+"""Fleet forwarding: a worker process's events, batched into a Redis stream for ``serve``.
+
+:class:`FleetForwarder` is a signal receiver for every task and worker event a worker
+produces. On the sending thread it only appends ``(event, traceparent)`` to a bounded
+in-memory queue (no I/O, no lock): when the queue is full the event is dropped and counted.
+A background thread encodes what is queued (``sources/_fleet_wire.py``) and sends each
+batch of up to ``batch_max`` records as one ``MULTI``/``XADD … MAXLEN ~``/``EXEC`` round
+trip, every ``flush_interval_s`` or as soon as a batch is full.
+
+Drops are reported honestly: ``dropped`` and ``stem_observe_fleet_dropped_total{reason}``
+in the worker's registry count every event that did not reach the stream (queue full while
+Redis was slow or down; a batch whose transaction failed; events still queued at close),
+and the next batch that reaches Redis carries a ``fleet-dropped`` record with the count
+since the last report, which ``serve`` exports fleet-wide. After a failure the thread waits
+(exponential backoff up to ``max_backoff_s``) and probes with ``PING`` before it takes the
+next batch off the queue, so an outage costs only what overflows the queue.
+
+Traces are not forwarded (workers export spans through OTLP). The trace id the worker's
+tracing gave a task travels instead, so ``serve`` can put it in exemplars.
+
+Fork: a forwarder started before ``fork()`` restarts in the child with an empty queue, a
+new connection and a new thread (``os.register_at_fork``; :meth:`after_fork` does the same
+explicitly and is idempotent). Call :meth:`flush` when a child exits and :meth:`close` at
+shutdown; neither waits longer than its timeout, whatever Redis does.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Final, cast
+
+import redis
+from opentelemetry.trace import get_current_span
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stem_observe import events as ev
+from stem_observe import signals
+from stem_observe.bridge import FORWARDED_SENDER
+from stem_observe.errors import ConfigError
+from stem_observe.sinks._scopes import TASKS
+from stem_observe.sources._fleet_wire import KINDS, encode, encode_drops
+
+__all__ = ["DEFAULT_STREAM", "FLEET_SENDER", "FleetForwarder"]
+
+logger = logging.getLogger("stem_observe.sinks.fleet")
+
+DEFAULT_STREAM: Final = "stem_observe:fleet"
+#: The sender of events re-emitted from the fleet stream: never forwarded again, not traced.
+FLEET_SENDER: Final = FORWARDED_SENDER
+_LOG_EVERY_S: Final = 60.0
+# Outcomes whose exemplars name a trace: for these the worker's current span is looked up
+# when the message carried no sampled traceparent.
+_OUTCOMES: Final = frozenset({
+    ev.TaskSucceeded, ev.TaskFailed, ev.TaskRetry, ev.TaskRevoked, ev.TaskDeadLettered,
+})
+_TASK_SIGNALS: Final = tuple(
+    signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.TaskEvent))
+_WORKER_SIGNALS: Final = tuple(
+    signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.WorkerEvent))
+
+_Item = tuple[ev.Event, str | None]
+
+
+def _positive(name: str, value: float, *, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+            integer and not isinstance(value, int)):
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(name, f"must be {kind}, got {value!r}")
+
+
+def _worker_trace(event: ev.TaskEvent) -> str | None:
+    """The ``traceparent`` of the worker's span for ``event``'s task, if it is current."""
+    context = get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    scope = TASKS.current()
+    if scope is None or scope.task_id != event.task_id:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+
+
+class FleetForwarder:
+    """Forwards this process's task and worker events to the Redis stream ``stream``.
+
+    ``worker`` names this host in drop reports (default: the host name; the Celery plugin
+    passes the worker's node name). ``timeout_s`` bounds connecting and each command.
+    ``registry=None`` registers no metrics.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = 100_000,
+        queue_max: int = 10_000,
+        batch_max: int = 500,
+        flush_interval_s: float = 0.2,
+        worker: str | None = None,
+        timeout_s: float = 2.0,
+        max_backoff_s: float = 5.0,
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        for name, number in (("maxlen", maxlen), ("queue_max", queue_max),
+                             ("batch_max", batch_max)):
+            _positive(name, number, integer=True)
+        for name, seconds in (("flush_interval_s", flush_interval_s),
+                              ("timeout_s", timeout_s), ("max_backoff_s", max_backoff_s)):
+            _positive(name, seconds)
+        if not stream:
+            raise ConfigError("stream", "must not be empty")
+        self.redis_url = redis_url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self.flush_interval_s = float(flush_interval_s)
+        self.worker = worker or socket.gethostname()
+        self.timeout_s = float(timeout_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self._client = self._connect()  # validates the URL now; connects lazily
+        self._registry = registry
+        self._collector: _Collector | None = None
+        self._started = False
+        self._closed = False
+        self._connected = False
+        self._reset_state()
+        _FORWARDERS.add(self)
+
+    def _connect(self) -> redis.Redis:
+        try:
+            return redis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=self.timeout_s,
+                socket_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise ConfigError("redis_url", f"invalid Redis URL: {exc}") from None
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._drop_lock = threading.Lock()
+        self._sending = False
+        self._thread: threading.Thread | None = None
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._reported = 0
+        self.forwarded = 0
+        """Events written to the stream."""
+        self.batches = 0
+        self._healthy = False  # so the first attempt probes before taking a batch
+        self._last_log: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> FleetForwarder:
+        """Connect to the signals and start the sending thread. Idempotent."""
+        if self._closed:
+            raise RuntimeError("a closed FleetForwarder cannot be started again")
+        if self._started:
+            return self
+        self._started = True
+        for sig in _TASK_SIGNALS:
+            sig.connect(self._on_task, weak=False)
+        for sig in _WORKER_SIGNALS:
+            sig.connect(self._on_worker, weak=False)
+        if self._registry is not None and self._collector is None:
+            self._collector = _Collector(self)
+            self._registry.register(self._collector)
+        self._start_thread()
+        return self
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._run, name="stem-observe-fleet", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def after_fork(self) -> None:
+        """Start over in a forked child: empty queue, new connection, new thread.
+
+        Called automatically after ``fork()``; calling it again in the same process does
+        nothing. Events queued in the parent stay the parent's to send.
+        """
+        if self._pid == os.getpid():
+            return
+        self._client = self._connect()  # the parent's sockets stay the parent's
+        self._reset_state()
+        if self._started and not self._closed:
+            self._start_thread()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Send what is queued; ``True`` when the queue emptied within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return not self._queue
+        self._wake.set()
+        with self._idle:
+            while self._queue or self._sending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.set()
+                self._idle.wait(min(remaining, 0.05))
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Disconnect from the signals, send what is queued within ``timeout_s``, stop.
+
+        What could not be sent by then is counted as dropped (reason ``closed``).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for sig in (*_TASK_SIGNALS, *_WORKER_SIGNALS):
+            sig.disconnect(self._on_task)
+            sig.disconnect(self._on_worker)
+        deadline = time.monotonic() + timeout_s
+        if self._thread is not None and self._pid == os.getpid():
+            self.flush(max(0.0, deadline - time.monotonic()))
+            self._stop.set()
+            self._wake.set()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        left = len(self._queue)
+        self._queue.clear()
+        if left:
+            self._drop(left, "closed")
+        if self._thread is None or not self._thread.is_alive():
+            self._client.close()
+        if self._collector is not None and self._registry is not None:
+            self._registry.unregister(self._collector)
+            self._collector = None
+
+    # ----------------------------------------------------------------- receivers (hot path)
+
+    def _on_task(self, sender: object, *, event: ev.TaskEvent) -> None:
+        if sender == FLEET_SENDER:
+            return  # came from the stream: never forward it again
+        queue = self._queue
+        if len(queue) >= self.queue_max:
+            self._drop(1, "queue_full")
+            return
+        headers = event.headers
+        traceparent = headers.get("traceparent") if headers else None
+        kind = type(event)
+        if kind in _OUTCOMES:
+            if kind is ev.TaskFailed:
+                failed = cast(ev.TaskFailed, event)
+                if failed.exception is not None:  # do not hold the exception's frames
+                    event = dataclasses.replace(failed, exception=None)
+            if traceparent is None and event.in_process:
+                # No trace context came with the message: the worker's span began a trace.
+                traceparent = _worker_trace(event)
+        queue.append((event, traceparent))
+        if len(queue) >= self.batch_max:
+            self._wake.set()
+
+    def _on_worker(self, sender: object, *, event: ev.WorkerEvent) -> None:
+        if sender == FLEET_SENDER:
+            return
+        queue = self._queue
+        if len(queue) >= self.queue_max:
+            self._drop(1, "queue_full")
+            return
+        queue.append((event, None))
+        if len(queue) >= self.batch_max:
+            self._wake.set()
+
+    def _drop(self, count: int, reason: str) -> None:
+        with self._drop_lock:
+            self._drops[reason] += count
+
+    # ----------------------------------------------------------------- the sending thread
+
+    @property
+    def dropped(self) -> int:
+        """Events that did not reach the stream, whatever the reason."""
+        with self._drop_lock:
+            return sum(self._drops.values())
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        with self._drop_lock:
+            return dict(self._drops)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _run(self) -> None:
+        backoff = 0.0
+        stop, wake = self._stop, self._wake
+        while True:
+            if backoff:
+                stop.wait(backoff)
+            else:
+                wake.wait(self.flush_interval_s)
+            wake.clear()
+            if stop.is_set() and (not self._queue or backoff):
+                break
+            try:
+                self._drain()
+            except Exception as exc:  # a bug must not kill forwarding
+                self._healthy = False
+                self._log("send", "fleet forwarding to %s failed (%s); retrying", self.stream,
+                          exc)
+                backoff = min(max(backoff * 2, 0.1), self.max_backoff_s)
+            else:
+                backoff = 0.0
+            finally:
+                with self._idle:
+                    self._sending = False
+                    self._idle.notify_all()
+
+    def _drain(self) -> None:
+        """Send batches until the queue is empty (and unreported drops are reported)."""
+        client = self._client
+        if not self._healthy:
+            client.ping()  # a probe: take nothing off the queue while Redis is away
+            if self.batches:
+                self._log("reconnected", "fleet forwarding to %s resumed", self.stream)
+            self._healthy = True
+        queue = self._queue
+        while queue or self.dropped > self._reported:
+            with self._idle:
+                self._sending = True
+            batch: list[_Item] = []
+            popleft = queue.popleft
+            try:
+                while len(batch) < self.batch_max:
+                    batch.append(popleft())
+            except IndexError:
+                pass
+            self._send(client, batch)
+
+    def _send(self, client: redis.Redis, batch: list[_Item]) -> None:
+        unreported = self.dropped - self._reported
+        pipe = client.pipeline(transaction=True)
+        stream, maxlen = self.stream, self.maxlen
+        encoded = 0
+        for event, traceparent in batch:
+            try:
+                fields = encode(event, traceparent)
+            except Exception as exc:  # an event the wire cannot carry (a bug): count it
+                self._drop(1, "unencodable")
+                self._log("encode", "fleet record for %s not encodable: %s",
+                          type(event).__name__, exc)
+                continue
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            encoded += 1
+        if unreported > 0:
+            pipe.xadd(stream, encode_drops(self.worker, unreported),  # type: ignore[arg-type]
+                      maxlen=maxlen, approximate=True)
+        if not encoded and unreported <= 0:
+            return
+        try:
+            pipe.execute()
+        except BaseException:
+            # All or nothing (MULTI/EXEC): the batch is lost unless the reply alone was.
+            self._drop(encoded, "send_failed")
+            raise
+        finally:
+            pipe.reset()
+        self.forwarded += encoded
+        self.batches += 1
+        if unreported > 0:
+            self._reported += unreported
+
+    def _log(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_log[key] = now
+            logger.warning(message, *args)
+
+
+class _Collector(Collector):
+    """The forwarder's health in the worker's registry."""
+
+    def __init__(self, forwarder: FleetForwarder) -> None:
+        self._forwarder = forwarder
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        f = self._forwarder
+        dropped = CounterMetricFamily(
+            "stem_observe_fleet_dropped", "Events not forwarded to the fleet stream, by "
+            "reason (queue_full, send_failed, closed, unencodable).", labels=["reason"])
+        for reason, count in sorted(f.dropped_by_reason().items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            "stem_observe_fleet_forwarded", "Events written to the fleet stream.",
+            value=f.forwarded)
+        yield GaugeMetricFamily(
+            "stem_observe_fleet_queue_size", "Events waiting to be forwarded.",
+            value=f.queued)
+
+
+_FORWARDERS: weakref.WeakSet[FleetForwarder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for forwarder in list(_FORWARDERS):
+        forwarder.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
