@@ -79,12 +79,19 @@ class _Installation:
 
     def child_init(self) -> None:
         """In a freshly forked pool child: forwarding of its own."""
-        inherited, self.fleet = self.fleet, None
-        if inherited is not None:
-            try:  # the parent's forwarder: its thread did not survive the fork
-                inherited.close()
-            except Exception:
-                logger.warning("closing the inherited fleet forwarder failed", exc_info=True)
+        inherited = self.fleet
+        if inherited is None:
+            self.start_fleet()
+            return
+        after_fork = getattr(inherited, "after_fork", None)
+        if callable(after_fork):  # re-creates its thread and connection; idempotent
+            after_fork()
+            return
+        self.fleet = None
+        try:  # the parent's forwarder: its thread did not survive the fork
+            inherited.close()
+        except Exception:
+            logger.warning("closing the inherited fleet forwarder failed", exc_info=True)
         self.start_fleet()
 
     def flush(self, timeout_s: float) -> None:

@@ -129,14 +129,16 @@ def _trace_headers(request: Any) -> dict[str, str] | None:
     return {"traceparent": parent}
 
 
-def _queue(delivery_info: Any, fallback: Any = None) -> str:
+def _queue(delivery_info: Any, task: Any = None) -> str:
     if isinstance(delivery_info, Mapping):
         for key in ("routing_key", "queue"):
             value = delivery_info.get(key)
             if isinstance(value, str) and value:
                 return value
-    if isinstance(fallback, str) and fallback:
-        return fallback
+    if task is not None:
+        fallback = _task_queue(task)
+        if isinstance(fallback, str) and fallback:
+            return fallback
     return DEFAULT_QUEUE
 
 
@@ -304,7 +306,7 @@ class CeleryPlugin:
         name = _str(_field(task, "name"), _str(_field(request, "task"), "unknown"))
         attempt = _int(_field(request, "retries"))
         run = RunState(
-            task_id, name, _queue(_field(request, "delivery_info"), _task_queue(task)), attempt,
+            task_id, name, _queue(_field(request, "delivery_info"), task), attempt,
             max_retries=_max_retries(task),
             worker_id=_str(_field(request, "hostname"), self.hostname or "") or None,
             headers=_trace_headers(request),
@@ -422,7 +424,7 @@ class CeleryPlugin:
             raise TypeError("the task has no id")
         return RunState(
             task_id, _str(_field(task, "name"), _str(_field(request, "task"), "unknown")),
-            _queue(_field(request, "delivery_info"), _task_queue(task)),
+            _queue(_field(request, "delivery_info"), task),
             _int(_field(request, "retries")), max_retries=_max_retries(task),
             worker_id=_str(_field(request, "hostname"), self.hostname or "") or None,
             headers=_trace_headers(request),

@@ -9,6 +9,7 @@ nothing in the importing process. ``STEM_OBSERVE_TEST_PLUGIN=0`` leaves the boot
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -83,3 +84,9 @@ def rejected(requeue: bool = False) -> None:
 
 def tasks() -> dict[str, Any]:
     return {"add": add, "flaky": flaky, "doomed": doomed, "broken": broken}
+
+
+@app.task(name="tests.now")
+def now() -> float:
+    """When it ran (the benchmark's clock)."""
+    return time.time()

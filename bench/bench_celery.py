@@ -1,0 +1,258 @@
+"""Per-task overhead of observing Celery: nothing, the OpenTelemetry instrumentation, this plugin.
+
+Variants (no-op tasks from ``tests/support/celery_app.py``: ``tests.noop`` eager,
+``tests.now`` in a worker):
+
+``none``
+    Nothing installed.
+``otel``
+    ``CeleryInstrumentor().instrument(tracer_provider=provider)``: one span per task (and,
+    on the producer, one per publish), plus its duration histogram through the global
+    MeterProvider, which is OpenTelemetry's no-op one here.
+``plugin``
+    ``stem_observe.celery.install(app, tracer_provider=provider, registry=CollectorRegistry())``:
+    one span per task and the ``stem`` metrics (received, started, succeeded counters,
+    duration and queue-wait histograms with exemplars, worker gauges), log correlation;
+    with ``--fleet URL`` every event is also forwarded to that Redis stream.
+
+``provider`` is an SDK ``TracerProvider`` (always on) with a ``BatchSpanProcessor`` whose
+queue holds 65,536 spans and whose exporter counts and discards them, the same for ``otel``
+and ``plugin``.
+
+Two modes:
+
+``eager``
+    ``task.apply()`` N times in this process, the variants interleaved per repeat.
+``worker``
+    A real worker (``celery worker --pool solo``) over a private ``redis-server``: N tasks
+    are published first (a plain producer, nothing installed), then the worker starts
+    and drains them; each task returns ``time.time()`` at its start, and the time from the
+    first task's to the last task's divided by N - 1 is the per-task cost. Worker start-up
+    and the producer are not in the figure; each task stores its result in Redis in every
+    variant.
+
+Run::
+
+    .venv/bin/python bench/bench_celery.py [--mode eager|worker|both] [--iterations N]
+        [--worker-tasks M] [--repeats R] [--fleet redis://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+VARIANTS: Final = ("none", "otel", "plugin")
+MAX_QUEUE_SIZE: Final = 65536
+VARIANT_ENV: Final = "BENCH_CELERY_VARIANT"
+FLEET_ENV: Final = "BENCH_CELERY_FLEET"
+
+
+class DiscardingExporter(SpanExporter):
+    """Counts spans and drops them."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def make_provider() -> tuple[TracerProvider, DiscardingExporter]:
+    exporter = DiscardingExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE_SIZE))
+    return provider, exporter
+
+
+def setup_variant(variant: str, app: Any, provider: TracerProvider,
+                  fleet: str | None) -> Callable[[], None]:
+    """Install ``variant``; returns the function that removes it."""
+    if variant == "none":
+        return lambda: None
+    if variant == "otel":
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+        instrumentor.instrument(tracer_provider=provider)
+        return instrumentor.uninstrument  # type: ignore[no-any-return]
+    if variant == "plugin":
+        import stem_observe.celery
+
+        stem_observe.celery.install(app, tracer_provider=provider, fleet=fleet,
+                                    registry=CollectorRegistry(), heartbeat_interval_s=0)
+        return stem_observe.celery.uninstall
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def worker_setup(app: Any) -> None:
+    """Called by ``tests/support/celery_app.py`` in the benchmark's worker process."""
+    provider, _ = make_provider()
+    setup_variant(os.environ[VARIANT_ENV], app, provider, os.environ.get(FLEET_ENV) or None)
+
+
+# --------------------------------------------------------------------------- eager
+
+
+def run_eager(iterations: int, repeats: int, warmup: int,
+              fleet: str | None) -> tuple[dict[str, list[float]], dict[str, int]]:
+    os.environ.setdefault("STEM_OBSERVE_TEST_PLUGIN", "0")
+    from tests.support.celery_app import app, noop
+
+    runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    spans: dict[str, int] = {}
+    for rep in range(repeats):
+        order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]
+        for variant in order:
+            provider, exporter = make_provider()
+            remove = setup_variant(variant, app, provider, fleet)
+            try:
+                apply = noop.apply
+                for _ in range(warmup):
+                    apply()
+                provider.force_flush()
+                gc.collect()
+                start = time.perf_counter_ns()
+                for _ in range(iterations):
+                    apply()
+                elapsed = time.perf_counter_ns() - start
+                provider.force_flush()
+            finally:
+                remove()
+                provider.shutdown()
+            runs[variant].append(elapsed / iterations / 1000.0)
+            spans[variant] = spans.get(variant, 0) + exporter.exported
+    return runs, spans
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def run_worker_once(variant: str, tasks: int, redis_url: str, fleet: str | None,
+                    workdir: Path) -> float:
+    from celery import Celery
+
+    producer = Celery("bench-producer", broker=redis_url, backend=redis_url)
+    producer.conf.update(task_default_queue="tests", broker_connection_retry_on_startup=True)
+    with producer.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()
+    ids = [producer.send_task("tests.now").id for _ in range(tasks)]
+    env = {
+        **os.environ,
+        "STEM_OBSERVE_TEST_BROKER_URL": redis_url,
+        "STEM_OBSERVE_TEST_BACKEND_URL": redis_url,
+        "STEM_OBSERVE_TEST_PLUGIN": "0",
+        "STEM_OBSERVE_TEST_WORKER_SETUP": "bench.bench_celery:worker_setup",
+        VARIANT_ENV: variant,
+        FLEET_ENV: fleet or "",
+        "PYTHONPATH": str(ROOT),
+    }
+    log = (workdir / f"worker-{variant}.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker",
+         "--pool", "solo", "-Q", "tests", "-n", f"bench-{variant}@%h", "--without-gossip",
+         "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        first = producer.AsyncResult(ids[0]).get(timeout=120)
+        last = producer.AsyncResult(ids[-1]).get(timeout=300)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        log.close()
+    return (float(last) - float(first)) / (tasks - 1) * 1e6
+
+
+def run_worker(tasks: int, repeats: int, fleet: str | None) -> dict[str, list[float]]:
+    from tests.support.redis_server import RedisServer
+
+    runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp))
+        redis.start()
+        try:
+            for rep in range(repeats):
+                order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]
+                for variant in order:
+                    runs[variant].append(
+                        run_worker_once(variant, tasks, redis.url, fleet, Path(tmp)))
+        finally:
+            redis.stop()
+    return runs
+
+
+def _report(title: str, runs: dict[str, list[float]]) -> list[str]:
+    none = statistics.median(runs["none"])
+    lines = [title, f"{'variant':<8} {'median µs/task':>15} {'min':>9} {'added (median)':>15}"]
+    for v in VARIANTS:
+        med = statistics.median(runs[v])
+        lines.append(f"{v:<8} {med:>15.1f} {min(runs[v]):>9.1f} {med - none:>15.1f}")
+    otel = statistics.median(runs["otel"]) - none
+    plugin = statistics.median(runs["plugin"]) - none
+    verdict = "MET" if plugin < otel else "NOT MET"
+    lines.append(f"target: plugin adds less than otel ({plugin:.1f} < {otel:.1f} µs): {verdict}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mode", choices=("eager", "worker", "both"), default="both")
+    parser.add_argument("--iterations", type=int, default=5000, help="eager tasks per run")
+    parser.add_argument("--warmup", type=int, default=500, help="untimed eager tasks per run")
+    parser.add_argument("--worker-tasks", type=int, default=2000, help="tasks per worker run")
+    parser.add_argument("--repeats", type=int, default=5, help="eager repeats")
+    parser.add_argument("--worker-repeats", type=int, default=3)
+    parser.add_argument("--fleet", default=None, help="Redis URL for the plugin's fleet mode")
+    args = parser.parse_args(argv)
+    if args.fleet is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("stem_observe.sinks.fleet") is None:
+            parser.error("--fleet needs stem_observe.sinks.fleet")
+    lines = [f"Python {sys.version.split()[0]}; plugin fleet forwarding: {args.fleet or 'off'}"]
+    if args.mode in ("eager", "both"):
+        runs, spans = run_eager(args.iterations, args.repeats, args.warmup, args.fleet)
+        lines += ["", *_report(f"eager: task.apply() x {args.iterations}, "
+                               f"{args.repeats} repeats", runs)]
+        expected = (args.iterations + args.warmup) * args.repeats
+        lines.append(f"spans exported: otel {spans.get('otel', 0)}, plugin "
+                     f"{spans.get('plugin', 0)} (expected {expected} each)")
+    if args.mode in ("worker", "both"):
+        runs = run_worker(args.worker_tasks, args.worker_repeats, args.fleet)
+        lines += ["", *_report(f"worker (solo pool, Redis): {args.worker_tasks} tasks, "
+                               f"{args.worker_repeats} repeats", runs)]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
