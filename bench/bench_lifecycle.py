@@ -15,11 +15,17 @@ Four variants, interleaved per repeat (the order rotates each repeat to spread d
     loop as ``none``.
 ``unsampled``
     ``bridge`` with an ``ALWAYS_OFF`` sampler: the cost when head sampling drops the trace.
+``fleet`` (only with ``--fleet URL``)
+    ``bridge`` plus a started :class:`~stem_observe.sinks.fleet.FleetForwarder` writing to the
+    Redis at URL (its queue sized so that nothing is dropped; its thread sends while the loop
+    runs, so the timing includes that thread's share of the GIL). After each run the
+    forwarder is flushed (untimed) and every event must have reached the stream.
 
 Spans go to an SDK ``TracerProvider`` with a ``BatchSpanProcessor`` (queue sized so nothing
 is dropped) and an exporter that discards them. Run::
 
     .venv/bin/python bench/bench_lifecycle.py [--iterations N] [--repeats R] [--json]
+        [--fleet redis://127.0.0.1:6379/0]
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ __all__ = [
 ]
 
 VARIANTS: Final = ("none", "floor", "bridge", "unsampled")
+FLEET_VARIANT: Final = "fleet"
+FLEET_STREAM: Final = "stem_observe:bench:fleet"
 TARGET_RATIO: Final = 1.5  # bridge added cost (bridge - none) <= TARGET_RATIO * floor
 TASK_NAME: Final = "bench.task"
 QUEUE: Final = "bench"
@@ -212,6 +220,7 @@ class Result:
     iterations: int
     repeats: int
     warmup: int
+    variants: tuple[str, ...] = VARIANTS
     runs_us: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in VARIANTS})
     spans_expected: dict[str, int] = field(default_factory=lambda: {"floor": 0, "bridge": 0})
     spans_exported: dict[str, int] = field(default_factory=dict)
@@ -254,7 +263,7 @@ class Result:
                     "min_us": round(self.minimum(v), 3),
                     "runs_us": [round(x, 3) for x in self.runs_us[v]],
                 }
-                for v in VARIANTS
+                for v in self.variants
             },
             "bridge_added_cost_us": round(self.added_cost_us, 3),
             "ratio_bridge_over_floor": round(self.ratio_bridge_floor, 3),
@@ -289,13 +298,16 @@ def _succeeded_count(registry: CollectorRegistry) -> float | None:
     )
 
 
-def run_benchmark(iterations: int = 20_000, repeats: int = 5, warmup: int = 2_000) -> Result:
+def run_benchmark(iterations: int = 20_000, repeats: int = 5, warmup: int = 2_000,
+                  fleet_url: str | None = None) -> Result:
     """Time every variant ``repeats`` times, interleaved; see the module docstring."""
     if iterations < 1 or repeats < 1 or warmup < 0:
         raise ValueError("iterations and repeats must be >= 1, warmup >= 0")
     stem_observe.uninstall()
     _assert_nobody_listens()
-    result = Result(iterations=iterations, repeats=repeats, warmup=warmup)
+    variants = VARIANTS + ((FLEET_VARIANT,) if fleet_url else ())
+    result = Result(iterations=iterations, repeats=repeats, warmup=warmup, variants=variants,
+                    runs_us={v: [] for v in variants})
     task_ids = [str(uuid.uuid4()) for _ in range(iterations)]
     warm_ids = [str(uuid.uuid4()) for _ in range(warmup)]
 
@@ -318,9 +330,16 @@ def run_benchmark(iterations: int = 20_000, repeats: int = 5, warmup: int = 2_00
         floor_provider.force_flush()
         return elapsed
 
-    def bridge(provider: TracerProvider = bridge_provider, sampled: bool = True) -> int:
+    def bridge(provider: TracerProvider = bridge_provider, sampled: bool = True,
+               forward_to: str | None = None) -> int:
         registry = CollectorRegistry()
         stem_observe.install(registry=registry, tracer_provider=provider, logs=True)
+        forwarder = None
+        if forward_to is not None:
+            from stem_observe.sinks.fleet import FleetForwarder
+
+            forwarder = FleetForwarder(forward_to, stream=FLEET_STREAM, registry=None,
+                                       queue_max=4 * (iterations + warmup) + 1).start()
         try:
             run_tracked(warm_ids)
             provider.force_flush()
@@ -334,7 +353,15 @@ def run_benchmark(iterations: int = 20_000, repeats: int = 5, warmup: int = 2_00
                 result.bridge_count_errors.append(
                     f"stem_tasks_succeeded_total={count}, expected {warmup + iterations}"
                 )
+            if forwarder is not None:
+                forwarder.flush(60)
+                if forwarder.dropped or forwarder.forwarded != 4 * (warmup + iterations):
+                    result.bridge_count_errors.append(
+                        f"fleet: {forwarder.forwarded} forwarded, {forwarder.dropped} dropped, "
+                        f"expected {4 * (warmup + iterations)} forwarded")
         finally:
+            if forwarder is not None:
+                forwarder.close()
             stem_observe.uninstall()
         return elapsed
 
@@ -343,12 +370,21 @@ def run_benchmark(iterations: int = 20_000, repeats: int = 5, warmup: int = 2_00
     def unsampled() -> int:
         return bridge(unsampled_provider, sampled=False)
 
+    def fleet() -> int:
+        return bridge(forward_to=fleet_url)
+
     runners: dict[str, Callable[[], int]] = {
         "none": none, "floor": floor_variant, "bridge": bridge, "unsampled": unsampled,
+        FLEET_VARIANT: fleet,
     }
+    if fleet_url:
+        import redis
+
+        with redis.Redis.from_url(fleet_url) as client:
+            client.delete(FLEET_STREAM)
     try:
         for rep in range(repeats):
-            order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[: rep % len(VARIANTS)]
+            order = variants[rep % len(variants):] + variants[: rep % len(variants)]
             for variant in order:
                 elapsed_ns = runners[variant]()
                 result.runs_us[variant].append(elapsed_ns / iterations / 1000.0)
@@ -375,7 +411,7 @@ def format_report(result: Result) -> str:
         "",
         f"{'variant':<8} {'median µs/task':>15} {'min µs/task':>12}",
     ]
-    for v in VARIANTS:
+    for v in result.variants:
         lines.append(f"{v:<8} {result.median(v):>15.2f} {result.minimum(v):>12.2f}")
     lines += [
         "",
@@ -383,6 +419,9 @@ def format_report(result: Result) -> str:
         f"bridge / floor                      {result.ratio_bridge_floor:8.2f} x",
         f"(bridge - none) / floor             {result.ratio_added_floor:8.2f} x",
         f"unsampled (head sampling said no)   {result.median('unsampled'):8.2f} µs/task",
+        *([f"fleet forwarding adds (fleet - bridge) "
+           f"{result.median(FLEET_VARIANT) - result.median('bridge'):5.2f} µs/task"]
+          if FLEET_VARIANT in result.variants else []),
         f"target: bridge added cost <= {TARGET_RATIO} x floor "
         f"({TARGET_RATIO * floor_us:.2f} µs): {'MET' if result.target_met else 'NOT MET'}",
     ]
@@ -400,8 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
     parser.add_argument("--warmup", type=int, default=2_000, help="untimed tasks before each run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--fleet", metavar="URL", default=None,
+                        help="also time the bridge with fleet forwarding to this Redis "
+                             f"(stream {FLEET_STREAM}, deleted first)")
     args = parser.parse_args(argv)
-    result = run_benchmark(args.iterations, args.repeats, args.warmup)
+    result = run_benchmark(args.iterations, args.repeats, args.warmup, args.fleet)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

@@ -33,6 +33,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterator
 from typing import Final, cast
@@ -160,6 +161,11 @@ class FleetForwarder:
         self._thread: threading.Thread | None = None
         self._drops: collections.Counter[str] = collections.Counter()
         self._reported = 0
+        # Each batch's transaction also sets this key to the batch's number, so a batch whose
+        # reply was lost can be looked up after reconnecting instead of guessed.
+        self._marker = f"{self.stream}:batch:{uuid.uuid4().hex}"
+        self._seq = 0
+        self._in_doubt: tuple[int, int, int] | None = None  # (seq, events, drops reported)
         self.forwarded = 0
         """Events written to the stream."""
         self.batches = 0
@@ -238,6 +244,9 @@ class FleetForwarder:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         left = len(self._queue)
         self._queue.clear()
+        if self._in_doubt is not None:  # never learned whether it landed: count it lost
+            left += self._in_doubt[1]
+            self._in_doubt = None
         if left:
             self._drop(left, "closed")
         if self._thread is None or not self._thread.is_alive():
@@ -331,6 +340,8 @@ class FleetForwarder:
         client = self._client
         if not self._healthy:
             client.ping()  # a probe: take nothing off the queue while Redis is away
+            if self._in_doubt is not None:
+                self._settle(client)
             if self.batches:
                 self._log("reconnected", "fleet forwarding to %s resumed", self.stream)
             self._healthy = True
@@ -346,6 +357,21 @@ class FleetForwarder:
             except IndexError:
                 pass
             self._send(client, batch)
+
+    def _settle(self, client: redis.Redis) -> None:
+        """Learn whether the batch whose transaction failed was committed after all."""
+        assert self._in_doubt is not None
+        seq, events, reported = self._in_doubt
+        if client.get(self._marker) == str(seq).encode():
+            self._committed(events, reported)
+        else:
+            self._drop(events, "send_failed")
+        self._in_doubt = None
+
+    def _committed(self, events: int, reported: int) -> None:
+        self.forwarded += events
+        self.batches += 1
+        self._reported += reported
 
     def _send(self, client: redis.Redis, batch: list[_Item]) -> None:
         unreported = self.dropped - self._reported
@@ -365,20 +391,20 @@ class FleetForwarder:
         if unreported > 0:
             pipe.xadd(stream, encode_drops(self.worker, unreported),  # type: ignore[arg-type]
                       maxlen=maxlen, approximate=True)
-        if not encoded and unreported <= 0:
+        unreported = max(unreported, 0)
+        if not encoded and not unreported:
             return
+        self._seq += 1
+        pipe.set(self._marker, self._seq, ex=3600)
         try:
             pipe.execute()
         except BaseException:
-            # All or nothing (MULTI/EXEC): the batch is lost unless the reply alone was.
-            self._drop(encoded, "send_failed")
+            # All or nothing (MULTI/EXEC); the marker tells which, once Redis answers again.
+            self._in_doubt = (self._seq, encoded, unreported)
             raise
         finally:
             pipe.reset()
-        self.forwarded += encoded
-        self.batches += 1
-        if unreported > 0:
-            self._reported += unreported
+        self._committed(encoded, unreported)
 
     def _log(self, key: str, message: str, *args: object) -> None:
         now = time.monotonic()

@@ -131,6 +131,7 @@ class FleetConsumer:
         self._group_ready = False
         self._start_id = "$"
         self._unacked: list[bytes] = []
+        self._recover = True  # read this consumer's own pending entries first
         self._next_claim = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,6 +198,7 @@ class FleetConsumer:
                 backoff = 0.5
 
     def _failed(self, exc: BaseException, backoff: float, *, log: bool = True) -> None:
+        self._recover = True
         self.metrics.redis_up.set(0)
         self.ready.clear()
         if log:
@@ -213,6 +215,9 @@ class FleetConsumer:
             self._create_group()
         self._ack_pending()
         handled = 0
+        if self._recover:
+            handled += self._read_own_pending()
+            self._recover = False
         now = time.monotonic()
         if now >= self._next_claim:
             handled += self._claim()
@@ -223,6 +228,21 @@ class FleetConsumer:
         self.ready.set()
         for entries in _stream_entries(reply):
             handled += self._handle(entries)
+        return handled
+
+    def _read_own_pending(self) -> int:
+        """Entries delivered to this consumer whose delivery reply was lost (Redis went away
+        between delivering and answering): read them again by id and handle them."""
+        handled = 0
+        start = "0"
+        for _ in range(100):
+            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                           count=self.batch)
+            entries = [e for batch in _stream_entries(reply) for e in batch]
+            if not entries:
+                break
+            handled += self._handle(entries)
+            start = _text(entries[-1][0])
         return handled
 
     def _create_group(self) -> None:
