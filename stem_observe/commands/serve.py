@@ -36,7 +36,8 @@ def register(commands: Any) -> None:
         description="The sidecar: turns what Stem writes to Redis into signals, metrics and "
                     "(with STEM_OBSERVE_OTLP_ENDPOINT) traces, and serves /metrics, /healthz "
                     "and /readyz. Without a result backend URL it reads the backend's keys "
-                    "from the broker.",
+                    "from the broker. With --fleet it also consumes the events Python "
+                    "workers forward (fleet mode); with --fleet and no broker URL, only those.",
     )
     serve.add_argument("--worker-namespace", action="append", default=None,
                        help="a worker namespace whose heartbeat channel to follow "
