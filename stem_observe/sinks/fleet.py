@@ -5,7 +5,9 @@ produces. On the sending thread it only appends ``(event, traceparent)`` to a bo
 in-memory queue (no I/O, no lock): when the queue is full the event is dropped and counted.
 A background thread encodes what is queued (``sources/_fleet_wire.py``) and sends each
 batch of up to ``batch_max`` records as one ``MULTI``/``XADD … MAXLEN ~``/``EXEC`` round
-trip, every ``flush_interval_s`` or as soon as a batch is full.
+trip (records are packed :data:`~stem_observe.sources._fleet_wire.RECORDS_PER_ENTRY` to an
+entry; ``maxlen`` is the approximate number of events the stream keeps), every
+``flush_interval_s`` or as soon as a batch is full.
 
 Drops are reported honestly: ``dropped`` and ``stem_observe_fleet_dropped_total{reason}``
 in the worker's registry count every event that did not reach the stream (queue full while
@@ -36,7 +38,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import redis
 from opentelemetry.trace import get_current_span
@@ -51,7 +53,13 @@ from stem_observe import signals
 from stem_observe.bridge import FORWARDED_SENDER
 from stem_observe.errors import ConfigError
 from stem_observe.sinks._scopes import TASKS
-from stem_observe.sources._fleet_wire import KINDS, encode, encode_drops
+from stem_observe.sources._fleet_wire import (
+    KINDS,
+    RECORDS_PER_ENTRY,
+    drops_record,
+    encode,
+    pack,
+)
 
 __all__ = ["DEFAULT_STREAM", "FLEET_SENDER", "FleetForwarder"]
 
@@ -125,6 +133,8 @@ class FleetForwarder:
         self.redis_url = redis_url
         self.stream = stream
         self.maxlen = maxlen
+        # Entries hold up to RECORDS_PER_ENTRY events each; trim by entries accordingly.
+        self._maxlen_entries = max(1, -(-maxlen // RECORDS_PER_ENTRY))
         self.queue_max = queue_max
         self.batch_max = batch_max
         self.flush_interval_s = float(flush_interval_s)
@@ -374,26 +384,25 @@ class FleetForwarder:
         self._reported += reported
 
     def _send(self, client: redis.Redis, batch: list[_Item]) -> None:
-        unreported = self.dropped - self._reported
-        pipe = client.pipeline(transaction=True)
-        stream, maxlen = self.stream, self.maxlen
-        encoded = 0
+        unreported = max(self.dropped - self._reported, 0)
+        records: list[dict[str, Any]] = []
         for event, traceparent in batch:
             try:
-                fields = encode(event, traceparent)
+                records.append(encode(event, traceparent))
             except Exception as exc:  # an event the wire cannot carry (a bug): count it
                 self._drop(1, "unencodable")
                 self._log("encode", "fleet record for %s not encodable: %s",
                           type(event).__name__, exc)
-                continue
-            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            encoded += 1
-        if unreported > 0:
-            pipe.xadd(stream, encode_drops(self.worker, unreported),  # type: ignore[arg-type]
-                      maxlen=maxlen, approximate=True)
-        unreported = max(unreported, 0)
-        if not encoded and not unreported:
+        encoded = len(records)
+        if unreported:
+            records.append(drops_record(self.worker, unreported))
+        if not records:
             return
+        pipe = client.pipeline(transaction=True)
+        stream, maxlen = self.stream, self._maxlen_entries
+        for start in range(0, len(records), RECORDS_PER_ENTRY):
+            pipe.xadd(stream, pack(records[start:start + RECORDS_PER_ENTRY]),  # type: ignore[arg-type]
+                      maxlen=maxlen, approximate=True)
         self._seq += 1
         pipe.set(self._marker, self._seq, ex=3600)
         try:

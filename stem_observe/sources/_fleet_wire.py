@@ -1,26 +1,29 @@
-"""The fleet stream's record format (version 1): one Redis stream entry per event.
+"""The fleet stream's record format (version 1): batches of event records per stream entry.
 
-An entry has three fields, all text:
+A stream entry has two fields, both text:
 
 ``v``
     the format version, ``"1"``; a consumer skips (and counts) versions it does not know;
-``k``
-    the kind: the event's signal name (``task-succeeded``, ``worker-heartbeat`` …), or
-    ``fleet-dropped`` for a forwarder's report of events it could not send;
 ``e``
-    a compact JSON object: the event's dataclass fields that differ from their defaults,
-    by name. ``exception``, ``extras`` and ``in_process`` are never sent, free text is cut to
-    :data:`MAX_TEXT` characters (stack traces to :data:`MAX_STACKTRACE`), and of the headers
-    only the trace context travels, as ``tp``: the ``traceparent`` of the worker's own span
-    when it traced the task, else the message's. A decoded event carries it as
-    ``headers={"traceparent": tp}``, so exemplars and alert samples name the worker's trace.
+    a compact JSON array of up to :data:`RECORDS_PER_ENTRY` records. Packing records keeps
+    the cost per event on the worker small (one ``XADD`` costs redis-py about 30 µs to build
+    and parse; a record in a packed entry well under 1 µs).
 
-A ``fleet-dropped`` record's JSON is ``{"w": worker, "n": count}``: ``count`` events that
-``worker`` dropped since its previous report.
+A record is a JSON object: ``k``, its kind (the event's signal name: ``task-succeeded``,
+``worker-heartbeat`` …, or ``fleet-dropped``), and the event's dataclass fields that differ
+from their defaults, by name. ``exception``, ``extras`` and ``in_process`` are never sent,
+free text is cut to :data:`MAX_TEXT` characters (stack traces to :data:`MAX_STACKTRACE`),
+and of the headers only the trace context travels, as ``tp``: the ``traceparent`` of the
+worker's own span when it traced the task, else the message's. A decoded event carries it
+as ``headers={"traceparent": tp}``, so exemplars and alert samples name the worker's trace.
+
+A ``fleet-dropped`` record is ``{"k": "fleet-dropped", "w": worker, "n": count}``: ``count``
+events that ``worker`` dropped since its previous report.
 
 Decoding is strict about types (a wrong type is an error, not a guess) and lenient about
-fields it does not know (a newer forwarder may add some). Every problem raises
-:class:`WireError` with a bounded ``kind`` label.
+fields it does not know (a newer forwarder may add some). Every problem is a
+:class:`WireError` with a bounded ``kind`` label; a bad record does not spoil the others in
+its entry.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ __all__ = [
     "DROPPED_KIND",
     "KINDS",
     "MAX_TEXT",
+    "RECORDS_PER_ENTRY",
     "VERSION",
     "DropReport",
     "WireError",
     "decode",
+    "decode_record",
+    "drops_record",
     "encode",
-    "encode_drops",
+    "pack",
 ]
 
 VERSION: Final = "1"
@@ -51,7 +57,8 @@ DROPPED_KIND: Final = "fleet-dropped"
 MAX_TEXT: Final = 1024
 MAX_STACKTRACE: Final = 4096
 MAX_TRACEPARENT: Final = 128
-MAX_ENTRY_BYTES: Final = 64 * 1024
+RECORDS_PER_ENTRY: Final = 100
+MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
 
 #: The event types a worker produces, by wire kind (their signal names).
 KINDS: Final[dict[str, type[ev.Event]]] = {
@@ -236,10 +243,9 @@ _DUMPS: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(event: ev.Event, traceparent: str | None = None) -> dict[str, str]:
-    """The stream entry for ``event`` (a type in :data:`KINDS`)."""
-    kind = _KIND_OF[type(event)]
-    body: dict[str, Any] = {}
+def encode(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]:
+    """The record for ``event`` (a type in :data:`KINDS`), ready for :func:`pack`."""
+    body: dict[str, Any] = {"k": _KIND_OF[type(event)]}
     for f in _FIELDS[type(event)]:
         value = getattr(event, f.name)
         if value is None or value == f.default:
@@ -249,12 +255,17 @@ def encode(event: ev.Event, traceparent: str | None = None) -> dict[str, str]:
             body[f.name] = value
     if traceparent is not None and len(traceparent) <= MAX_TRACEPARENT:
         body["tp"] = traceparent
-    return {"v": VERSION, "k": kind, "e": _DUMPS(body)}
+    return body
 
 
-def encode_drops(worker: str, count: int) -> dict[str, str]:
-    """The stream entry that reports ``count`` events dropped on ``worker``."""
-    return {"v": VERSION, "k": DROPPED_KIND, "e": _DUMPS({"w": worker[:MAX_TEXT], "n": count})}
+def drops_record(worker: str, count: int) -> dict[str, Any]:
+    """The record that reports ``count`` events dropped on ``worker``."""
+    return {"k": DROPPED_KIND, "w": worker[:MAX_TEXT], "n": count}
+
+
+def pack(records: list[dict[str, Any]]) -> dict[str, str]:
+    """The stream entry's fields for ``records`` (at most :data:`RECORDS_PER_ENTRY`)."""
+    return {"v": VERSION, "e": _DUMPS(records)}
 
 
 # --------------------------------------------------------------------------- decoding
@@ -276,25 +287,41 @@ def _field(entry: Mapping[Any, Any], name: str) -> str:
     return value
 
 
-def decode(entry: Mapping[Any, Any]) -> ev.Event | DropReport:
-    """The event (or drop report) in a stream entry's fields (``bytes`` or ``str`` keys)."""
+def decode(entry: Mapping[Any, Any]) -> list[ev.Event | DropReport | WireError]:
+    """The records of a stream entry (fields with ``bytes`` or ``str`` keys), each decoded
+    or a :class:`WireError`. Raises :class:`WireError` when the entry as a whole is bad."""
     version = _field(entry, "v")
     if version != VERSION:
         raise WireError("version", f"unknown record version {version[:16]!r}")
-    kind = _field(entry, "k")
-    cls = KINDS.get(kind)
-    if cls is None and kind != DROPPED_KIND:
-        raise WireError("kind", f"unknown record kind {kind[:64]!r}")
     raw = _field(entry, "e")
     if len(raw) > MAX_ENTRY_BYTES:
-        raise WireError("malformed", f"record of {len(raw)} characters is too large")
+        raise WireError("malformed", f"entry of {len(raw)} characters is too large")
     try:
-        body = json.loads(raw)
+        records = json.loads(raw)
     except ValueError as exc:
         raise WireError("malformed", f"invalid JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise WireError("malformed", "entry body is not a JSON array")
+    results: list[ev.Event | DropReport | WireError] = []
+    for record in records:
+        try:
+            results.append(decode_record(record))
+        except WireError as exc:
+            results.append(exc)
+    return results
+
+
+def decode_record(body: Any) -> ev.Event | DropReport:
+    """One decoded record (a JSON object)."""
     if not isinstance(body, dict):
-        raise WireError("malformed", "record body is not a JSON object")
+        raise WireError("malformed", "record is not a JSON object")
+    kind = body.get("k")
+    if not isinstance(kind, str):
+        raise WireError("malformed", "record without a kind")
+    cls = KINDS.get(kind)
     if cls is None:
+        if kind != DROPPED_KIND:
+            raise WireError("kind", f"unknown record kind {kind[:64]!r}")
         worker, count = body.get("w"), body.get("n")
         if not isinstance(worker, str) or type(count) is not int or count < 0:
             raise WireError("malformed", "drop report needs a worker and a count")

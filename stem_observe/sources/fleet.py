@@ -277,18 +277,20 @@ class FleetConsumer:
             if fields is None:  # trimmed (MAXLEN) before it was read
                 continue
             try:
-                item = decode(fields)
+                items = decode(fields)
             except WireError as exc:
-                self.metrics.parse_errors.labels(exc.kind).inc()
-                self._log(f"parse:{exc.kind}", "skipped fleet entry %s in %s: %s",
-                          _text(entry_id), self.stream, exc)
-                continue
-            if isinstance(item, DropReport):
-                if item.count:
-                    self.metrics.dropped.labels(self._workers.admit(item.worker)).inc(
-                        item.count)
-                continue
-            self._emit(item)
+                items = [exc]
+            for item in items:
+                if isinstance(item, WireError):
+                    self.metrics.parse_errors.labels(item.kind).inc()
+                    self._log(f"parse:{item.kind}", "skipped a fleet record in entry %s of "
+                              "%s: %s", _text(entry_id), self.stream, item)
+                elif isinstance(item, DropReport):
+                    if item.count:
+                        self.metrics.dropped.labels(self._workers.admit(item.worker)).inc(
+                            item.count)
+                else:
+                    self._emit(item)
         if ids:
             self._unacked.extend(ids)
             self._ack_pending()

@@ -270,13 +270,13 @@ def test_malformed_entries_are_counted_acknowledged_and_skipped(
     serve = start_serve(serve_factory, fleet_redis, tmp_path)
     client = redis.Redis.from_url(fleet_redis.url)
     try:
+        good = '{"k":"task-succeeded","task_id":"ok-1","task_name":"good.job"}'
         for fields in (
-            {"v": "7", "k": "task-succeeded", "e": "{}"},
-            {"v": "1", "k": "task-teleported", "e": "{}"},
-            {"v": "1", "k": "task-succeeded", "e": "{not json"},
-            {"v": "1", "k": "task-succeeded", "e": '{"task_id":5,"task_name":"x"}'},
+            {"v": "7", "e": "[]"},  # a version this serve does not know
+            {"v": "1", "e": '[{"k":"task-teleported"}]'},  # an unknown kind
+            {"v": "1", "e": "[{not json"},
+            {"v": "1", "e": f'[{{"k":"task-succeeded","task_id":5,"task_name":"x"}},{good}]'},
             {"garbage": b"\xff\xfe"},
-            {"v": "1", "k": "task-succeeded", "e": '{"task_id":"ok-1","task_name":"good.job"}'},
         ):
             client.xadd(DEFAULT_STREAM, fields)  # type: ignore[arg-type]
         wait_for(lambda: serve.total(r'stem_tasks_succeeded_total\{queue="default",'

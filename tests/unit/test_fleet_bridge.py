@@ -5,7 +5,7 @@ from __future__ import annotations
 from stem_observe import events as ev
 from stem_observe.signals import emit
 from stem_observe.sinks.fleet import FLEET_SENDER
-from stem_observe.sources._fleet_wire import decode, encode
+from stem_observe.sources._fleet_wire import decode, encode, pack
 from tests.conftest import Installed
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -23,8 +23,8 @@ def test_forwarded_events_make_metrics_with_the_workers_trace_and_no_span(
         ev.TaskPostrun(task_id="t1", task_name="a.b", queue="q", state="failed",
                        in_process=True),
     ):
-        decoded = decode({k.encode(): v.encode()
-                          for k, v in encode(event, TRACEPARENT).items()})
+        (decoded,) = decode({k.encode(): v.encode()
+                             for k, v in pack([encode(event, TRACEPARENT)]).items()})
         assert isinstance(decoded, ev.Event)
         emit(decoded, FLEET_SENDER)
     assert installed.spans.get_finished_spans() == ()

@@ -14,11 +14,14 @@ from stem_observe.sources._fleet_wire import (
     KINDS,
     MAX_STACKTRACE,
     MAX_TEXT,
+    RECORDS_PER_ENTRY,
     DropReport,
     WireError,
     decode,
+    decode_record,
+    drops_record,
     encode,
-    encode_drops,
+    pack,
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -27,6 +30,12 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def as_stream(fields: dict[str, str]) -> dict[bytes, bytes]:
     """What redis-py returns for an entry written with ``fields``."""
     return {k.encode(): v.encode() for k, v in fields.items()}
+
+
+def round_trip(event: ev.Event, traceparent: str | None = None) -> ev.Event | DropReport:
+    (item,) = decode(as_stream(pack([encode(event, traceparent)])))
+    assert not isinstance(item, WireError), item
+    return item
 
 
 EXAMPLES: list[ev.Event] = [
@@ -58,18 +67,17 @@ def test_every_worker_event_kind_has_an_example() -> None:
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
 def test_round_trip_keeps_every_forwarded_field(event: ev.Event) -> None:
-    decoded = decode(as_stream(encode(event)))
-    assert decoded == event
+    assert round_trip(event) == event
 
 
 def test_traceparent_travels_and_other_headers_and_live_objects_do_not() -> None:
     event = ev.TaskFailed(task_id="t", task_name="n", in_process=True,
                           headers={"traceparent": TRACEPARENT, "secret": "x"},
                           exception=KeyError("k"))
-    fields = encode(event, TRACEPARENT)
+    fields = pack([encode(event, TRACEPARENT)])
     assert "secret" not in fields["e"]
     assert "KeyError('k')" not in fields["e"]
-    decoded = decode(as_stream(fields))
+    decoded = round_trip(event, TRACEPARENT)
     assert isinstance(decoded, ev.TaskFailed)
     assert decoded.headers == {"traceparent": TRACEPARENT}
     assert decoded.exception is None
@@ -79,7 +87,7 @@ def test_traceparent_travels_and_other_headers_and_live_objects_do_not() -> None
 def test_large_text_is_cut() -> None:
     event = ev.TaskFailed(task_id="t", task_name="n", error_message="m" * 10_000,
                           stacktrace="s" * 100_000)
-    decoded = decode(as_stream(encode(event)))
+    decoded = round_trip(event)
     assert isinstance(decoded, ev.TaskFailed)
     assert len(decoded.error_message) == MAX_TEXT
     assert decoded.stacktrace is not None
@@ -88,34 +96,32 @@ def test_large_text_is_cut() -> None:
 
 def test_non_finite_numbers_are_left_out() -> None:
     event = ev.TaskSucceeded(task_id="t", task_name="n", runtime_s=float("nan"))
-    decoded = decode(as_stream(encode(event)))
+    decoded = round_trip(event)
     assert isinstance(decoded, ev.TaskSucceeded)
     assert decoded.runtime_s is None
 
 
 def test_drop_report() -> None:
-    assert decode(as_stream(encode_drops("host-1", 7))) == DropReport("host-1", 7)
+    assert decode(as_stream(pack([drops_record("host-1", 7)]))) == [DropReport("host-1", 7)]
+
+
+def test_a_bad_record_does_not_spoil_its_entry() -> None:
+    good = encode(ev.TaskSucceeded(task_id="t", task_name="n"))
+    items = decode(as_stream({"v": "1", "e": json.dumps([good, {"k": "task-lost"}, 5, good])}))
+    assert [type(i).__name__ for i in items] == [
+        "TaskSucceeded", "WireError", "WireError", "TaskSucceeded"]
+    assert [i.kind for i in items if isinstance(i, WireError)] == ["kind", "malformed"]
+
+
+def test_records_per_entry_is_what_the_forwarder_packs() -> None:
+    assert RECORDS_PER_ENTRY >= 10
 
 
 @pytest.mark.parametrize(("fields", "kind"), [
-    ({"v": "2", "k": "task-succeeded", "e": "{}"}, "version"),
-    ({"k": "task-succeeded", "e": "{}"}, "malformed"),
-    ({"v": "1", "k": "task-exploded", "e": "{}"}, "kind"),
-    ({"v": "1", "k": "task-succeeded", "e": "{not json"}, "malformed"),
-    ({"v": "1", "k": "task-succeeded", "e": "[1]"}, "malformed"),
-    ({"v": "1", "k": "task-succeeded", "e": '{"task_name":"n"}'}, "malformed"),
-    ({"v": "1", "k": "task-succeeded", "e": '{"task_id":1,"task_name":"n"}'}, "malformed"),
-    ({"v": "1", "k": "task-succeeded",
-      "e": '{"task_id":"t","task_name":"n","runtime_s":"slow"}'}, "malformed"),
-    ({"v": "1", "k": "task-postrun", "e": '{"task_id":"t","task_name":"n","state":"odd"}'},
-     "malformed"),
-    ({"v": "1", "k": "task-received",
-      "e": '{"task_id":"t","task_name":"n","attempt":true}'}, "malformed"),
-    ({"v": "1", "k": "task-succeeded", "e": '{"task_id":"t","task_name":"n","tp":5}'},
-     "malformed"),
-    ({"v": "1", "k": "fleet-dropped", "e": '{"w":"h","n":-1}'}, "malformed"),
-    ({"v": "1", "k": "worker-heartbeat", "e": '{"worker_id":"w","queue_loads":[["a"]]}'},
-     "malformed"),
+    ({"v": "2", "e": "[]"}, "version"),
+    ({"e": "[]"}, "malformed"),
+    ({"v": "1", "e": "{not json"}, "malformed"),
+    ({"v": "1", "e": "{}"}, "malformed"),
 ])
 def test_bad_entries_raise_wire_errors_with_a_bounded_kind(
     fields: dict[str, str], kind: str,
@@ -125,14 +131,35 @@ def test_bad_entries_raise_wire_errors_with_a_bounded_kind(
     assert caught.value.kind == kind
 
 
+@pytest.mark.parametrize(("record", "kind"), [
+    ({"k": "task-exploded"}, "kind"),
+    ({"task_id": "t"}, "malformed"),
+    ({"k": "task-succeeded", "task_name": "n"}, "malformed"),
+    ({"k": "task-succeeded", "task_id": 1, "task_name": "n"}, "malformed"),
+    ({"k": "task-succeeded", "task_id": "t", "task_name": "n", "runtime_s": "slow"},
+     "malformed"),
+    ({"k": "task-postrun", "task_id": "t", "task_name": "n", "state": "odd"}, "malformed"),
+    ({"k": "task-received", "task_id": "t", "task_name": "n", "attempt": True}, "malformed"),
+    ({"k": "task-succeeded", "task_id": "t", "task_name": "n", "tp": 5}, "malformed"),
+    ({"k": "fleet-dropped", "w": "h", "n": -1}, "malformed"),
+    ({"k": "worker-heartbeat", "worker_id": "w", "queue_loads": [["a"]]}, "malformed"),
+])
+def test_bad_records_raise_wire_errors_with_a_bounded_kind(
+    record: dict[str, object], kind: str,
+) -> None:
+    with pytest.raises(WireError) as caught:
+        decode_record(record)
+    assert caught.value.kind == kind
+
+
 def test_invalid_utf8_is_malformed() -> None:
     with pytest.raises(WireError):
-        decode({b"v": b"1", b"k": b"task-succeeded", b"e": b"\xff\xfe"})
+        decode({b"v": b"1", b"e": b"\xff\xfe"})
 
 
 def test_unknown_fields_from_a_newer_forwarder_are_ignored() -> None:
-    body = json.dumps({"task_id": "t", "task_name": "n", "shiny": [1, 2]})
-    decoded = decode({b"v": b"1", b"k": b"task-succeeded", b"e": body.encode()})
+    decoded = decode_record({"k": "task-succeeded", "task_id": "t", "task_name": "n",
+                             "shiny": [1, 2]})
     assert isinstance(decoded, ev.TaskSucceeded)
     assert decoded.task_id == "t"
 
@@ -152,9 +179,6 @@ _json: Any = st.recursive(
                             "n", "occurred_at", "timestamp", "gone", "other"]),
            _json, max_size=8))
 def test_decode_never_raises_anything_but_wire_error(kind: str, body: dict[str, Any]) -> None:
-    fields = {b"v": b"1", b"k": kind.encode(), b"e": json.dumps(body).encode()}
-    try:
-        decoded = decode(fields)
-    except WireError:
-        return
-    assert isinstance(decoded, ev.Event | DropReport)
+    fields = {b"v": b"1", b"e": json.dumps([{**body, "k": kind}, body]).encode()}
+    for item in decode(fields):
+        assert isinstance(item, ev.Event | DropReport | WireError)
