@@ -291,3 +291,38 @@ def test_malformed_entries_are_counted_acknowledged_and_skipped(
         assert serve.get("/readyz")[0] == 200
     finally:
         client.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_forwards_on_its_own_connection_and_thread(
+    installed: Installed, forwarder: FleetForwarder, fleet_redis: RedisServer,
+) -> None:
+    with stem_observe.track_task("fork.job", task_id="in-parent"):
+        pass
+    assert forwarder.flush(5)
+    parent_thread = forwarder._thread
+    pid = os.fork()
+    if pid == 0:  # the child: forward, flush, leave without pytest's teardown
+        ok = False
+        try:
+            ok = forwarder.queued == 0 and forwarder._thread is not parent_thread
+            with stem_observe.track_task("fork.job", task_id="in-child"):
+                pass
+            ok = ok and forwarder.flush(5) and forwarder.forwarded == 4
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with stem_observe.track_task("fork.job", task_id="in-parent-after"):
+        pass
+    assert forwarder.flush(5)
+    assert forwarder.forwarded == 8  # the parent's own count, untouched by the child
+    client = redis.Redis.from_url(fleet_redis.url)
+    try:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            DEFAULT_STREAM)
+        body = "".join(fields[b"e"].decode() for _id, fields in entries)
+    finally:
+        client.close()
+    for task_id in ("in-parent", "in-child", "in-parent-after"):
+        assert body.count(f'"task_id":"{task_id}"') == 4
