@@ -145,6 +145,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         wait_for(lambda: bool(hook.received()), timeout_s=30, message="the retry spike")
         metrics = scrape(base)
     finally:
+        stem_observe.celery.uninstall()  # the producer's; harmless when never installed
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)  # warm shutdown flushes spans and events
         try:
