@@ -14,8 +14,10 @@ Where each signal comes from, and what it becomes:
   a child of the failed one, in the same trace, and its queue wait starts at the retry.
 * **The process that runs the task** (a prefork child, or the worker itself with the solo
   and thread pools, or the caller with ``task.apply()``): ``task-received`` and
-  ``task-prerun`` at ``task_prerun``; ``task-succeeded`` / ``task-retry`` / ``task-failed``
-  from ``task_success`` / ``task_retry`` / ``task_failure``; ``task-postrun``. Celery's
+  ``task-prerun`` at ``task_prerun``; ``task-retry`` / ``task-failed`` from ``task_retry`` /
+  ``task_failure``; ``task-succeeded`` and ``task-postrun`` at ``task_postrun`` (a success
+  is read from the state Celery hands it, which spares each task a third signal; the
+  attempt's runtime and span end there, once Celery has stored the result). Celery's
   ``task_received`` fires in the worker's main process, which in prefork never sees the
   task run: there the plugin only stamps the receive time into the request
   (:data:`RECEIVED_AT`), so the task's span starts when the worker took delivery.
@@ -58,6 +60,11 @@ from stem_observe import events as ev
 from stem_observe import signals as sig
 from stem_observe.events import TaskState
 
+try:
+    from celery.app.task import Context as _PLAIN_REQUEST
+except ImportError:  # pragma: no cover - the plugin is only connected with Celery installed
+    _PLAIN_REQUEST = None
+
 __all__ = ["PUBLISHED_AT", "RECEIVED_AT", "CeleryPlugin", "RunState"]
 
 logger = logging.getLogger("stem_observe.celery")
@@ -69,6 +76,7 @@ PUBLISHED_AT: Final = "stem_observe_published_at"
 RECEIVED_AT: Final = "stem_observe_received_at"
 DEFAULT_QUEUE: Final = "celery"
 MAX_RUNS: Final = 10_000
+MAX_FALLBACK_QUEUES: Final = 1_000
 
 _STATES: Final[dict[str, TaskState]] = {
     "SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REVOKED": "revoked",
@@ -86,17 +94,47 @@ def _field(obj: Any, name: str) -> Any:
         return None
 
 
+class _Fields:
+    """``.get(name)`` over an object's attributes, leniently (see :func:`_fields_of`)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def get(self, name: str) -> Any:
+        return _field(self.obj, name)
+
+
+def _fields_of(request: Any) -> Any:
+    """Something whose ``.get(name)`` reads a request's field, ``None`` when it is missing.
+
+    A plain Celery request keeps its fields in its instance dict, behind class defaults
+    that are ``None`` or ``0`` (what the readers here default to anyway): the dict itself
+    is read, one lookup per field and no exception for a missing one. A mapping (message
+    headers) is its own reader; anything else is read attribute by attribute.
+    """
+    if type(request) is _PLAIN_REQUEST:
+        return request.__dict__
+    if isinstance(request, Mapping):
+        return request
+    return _Fields(request)
+
+
+def _header_in(fields: Any, name: str) -> Any:
+    """A message header as the worker sees it: a request field, or in its ``headers``."""
+    value = fields.get(name)
+    if value is None:
+        nested = fields.get("headers")
+        if nested is not None and isinstance(nested, Mapping):
+            value = nested.get(name)
+    return value
+
+
 def _header(request: Any, name: str) -> Any:
     """A message header as the worker sees it: a request field, or in ``request.headers``
     (or a key, when ``request`` is the headers mapping itself)."""
-    if isinstance(request, Mapping):
-        return request.get(name)
-    value = _field(request, name)
-    if value is None:
-        nested = _field(request, "headers")
-        if isinstance(nested, Mapping):
-            value = nested.get(name)
-    return value
+    return _header_in(_fields_of(request), name)
 
 
 def _epoch(value: Any) -> float | None:
@@ -120,10 +158,14 @@ def _epoch(value: Any) -> float | None:
 
 
 def _trace_headers(request: Any) -> dict[str, str] | None:
-    parent = _header(request, "traceparent")
+    return _trace_headers_in(_fields_of(request))
+
+
+def _trace_headers_in(fields: Any) -> dict[str, str] | None:
+    parent = _header_in(fields, "traceparent")
     if not isinstance(parent, str):
         return None
-    state = _header(request, "tracestate")
+    state = _header_in(fields, "tracestate")
     if isinstance(state, str) and state:
         return {"traceparent": parent, "tracestate": state}
     return {"traceparent": parent}
@@ -208,6 +250,7 @@ class CeleryPlugin:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.flush_timeout_s = flush_timeout_s
         self._runs: dict[tuple[str, int], RunState] = {}
+        self._fallback_queues: dict[Any, str] = {}
         self.hostname: str | None = None
         self.queues: tuple[str, ...] = ()
         self.concurrency: int | None = None
@@ -223,7 +266,7 @@ class CeleryPlugin:
 
         for name in (
             "before_task_publish", "after_task_publish", "task_received", "task_prerun",
-            "task_postrun", "task_success", "task_retry", "task_failure", "task_revoked",
+            "task_postrun", "task_retry", "task_failure", "task_revoked",
             "task_rejected", "task_unknown", "task_internal_error", "worker_ready",
             "heartbeat_sent", "worker_shutting_down", "worker_shutdown",
             "worker_process_init", "worker_process_shutdown",
@@ -242,6 +285,7 @@ class CeleryPlugin:
     def reset(self) -> None:
         """Forget per-process state (in a forked child)."""
         self._runs = {}
+        self._fallback_queues = {}
         self._beat_stop = threading.Event()
         self._beat_thread = None
 
@@ -288,38 +332,64 @@ class CeleryPlugin:
             request_dict[RECEIVED_AT] = time.time()
 
     def _run_of(self, task: Any, task_id: Any = None) -> RunState | None:
-        request = _field(task, "request")
+        fields = _fields_of(_field(task, "request"))
         if task_id is None:
-            task_id = _field(request, "id")
+            task_id = fields.get("id")
         if not isinstance(task_id, str):
             return None
-        return self._runs.get((task_id, _int(_field(request, "retries"))))
+        return self._runs.get((task_id, _int(fields.get("retries"))))
+
+    def _queue_of(self, delivery_info: Any, task: Any) -> str:
+        """:func:`_queue`, with the task's fallback (eager runs) read once per task."""
+        if delivery_info is not None and isinstance(delivery_info, Mapping):
+            for key in ("routing_key", "queue"):
+                value = delivery_info.get(key)
+                if isinstance(value, str) and value:
+                    return value
+        try:
+            return self._fallback_queues[task]
+        except KeyError:
+            queue = _queue(None, task)
+            if len(self._fallback_queues) >= MAX_FALLBACK_QUEUES:
+                self._fallback_queues.clear()
+            self._fallback_queues[task] = queue
+            return queue
+        except TypeError:  # an unhashable task
+            return _queue(None, task)
 
     def on_task_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None,
                        **kwargs: Any) -> None:
         task = task if task is not None else sender
-        request = _field(task, "request")
+        fields = _fields_of(_field(task, "request"))  # the request, read once
         if not isinstance(task_id, str):
-            task_id = _field(request, "id")
+            task_id = fields.get("id")
             if not isinstance(task_id, str):
                 raise TypeError("the task has no id")
-        name = _str(_field(task, "name"), _str(_field(request, "task"), "unknown"))
-        attempt = _int(_field(request, "retries"))
+        name = _field(task, "name")
+        if not isinstance(name, str) or not name:
+            name = _str(fields.get("task"), "unknown")
+        attempt = _int(fields.get("retries"))
+        hostname = fields.get("hostname")
         run = RunState(
-            task_id, name, _queue(_field(request, "delivery_info"), task), attempt,
+            task_id, name, self._queue_of(fields.get("delivery_info"), task), attempt,
             max_retries=_max_retries(task),
-            worker_id=_str(_field(request, "hostname"), self.hostname or "") or None,
-            headers=_trace_headers(request),
+            worker_id=hostname if isinstance(hostname, str) and hostname else (
+                self.hostname or None),
+            headers=_trace_headers_in(fields),
         )
-        key = (task_id, attempt)
-        self._runs[key] = run
+        self._runs[(task_id, attempt)] = run
         if len(self._runs) > MAX_RUNS:  # prerun without postrun, many times over
             self._runs.pop(next(iter(self._runs)), None)
         now = time.time()
-        enqueued_at = _epoch(_header(request, PUBLISHED_AT))
-        eta = _epoch(_field(request, "eta"))
+        published = _header_in(fields, PUBLISHED_AT)
+        enqueued_at = None if published is None else _epoch(published)
+        eta = fields.get("eta")
+        if eta is not None:
+            eta = _epoch(eta)
         if sig.task_received.receivers:
-            received_at = _epoch(_field(request, RECEIVED_AT))
+            received_at = fields.get(RECEIVED_AT)
+            if received_at is not None:
+                received_at = _epoch(received_at)
             if received_at is None or received_at > now:
                 received_at = now
             elif eta is not None and eta > received_at:  # held for its ETA, not working
@@ -336,18 +406,6 @@ class CeleryPlugin:
                 headers=run.headers, in_process=True, enqueued_at=enqueued_at, eta=eta,
             ), SENDER)
         run.perf_start = time.perf_counter()
-
-    def on_task_success(self, sender: Any = None, **kwargs: Any) -> None:
-        run = self._run_of(sender)
-        if run is None or run.outcome is not None:
-            return
-        run.outcome = "succeeded"
-        if sig.task_succeeded.receivers:
-            sig.send(sig.task_succeeded, ev.TaskSucceeded(
-                task_id=run.task_id, task_name=run.task_name, queue=run.queue,
-                attempt=run.attempt, max_retries=run.max_retries, worker_id=run.worker_id,
-                headers=run.headers, in_process=True, runtime_s=run.runtime_s(),
-            ), SENDER)
 
     def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
                       **kwargs: Any) -> None:
@@ -383,15 +441,25 @@ class CeleryPlugin:
     def on_task_postrun(self, sender: Any = None, task_id: Any = None, task: Any = None,
                         retval: Any = None, state: Any = None, **kwargs: Any) -> None:
         task = task if task is not None else sender
-        request = _field(task, "request")
+        fields = _fields_of(_field(task, "request"))
         if not isinstance(task_id, str):
-            task_id = _field(request, "id")
+            task_id = fields.get("id")
         if not isinstance(task_id, str):
             raise TypeError("the task has no id")
-        run = self._runs.pop((task_id, _int(_field(request, "retries"))), None)
+        run = self._runs.pop((task_id, _int(fields.get("retries"))), None)
         if run is None:
             return
-        if run.outcome is None and state == "REJECTED":
+        if run.outcome is None and state == "SUCCESS":
+            # Celery's task_success comes just before this, from the same place; reading
+            # the outcome here spares every task a third signal (and a third request read).
+            run.outcome = "succeeded"
+            if sig.task_succeeded.receivers:
+                sig.send(sig.task_succeeded, ev.TaskSucceeded(
+                    task_id=run.task_id, task_name=run.task_name, queue=run.queue,
+                    attempt=run.attempt, max_retries=run.max_retries, worker_id=run.worker_id,
+                    headers=run.headers, in_process=True, runtime_s=run.runtime_s(),
+                ), SENDER)
+        elif run.outcome is None and state == "REJECTED":
             if _field(retval, "requeue"):
                 run.outcome = "retried"
                 emit_retry(run, time.time(), "rejected and requeued", None, None)
