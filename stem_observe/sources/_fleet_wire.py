@@ -1,27 +1,36 @@
-"""The fleet stream's record format (version 1): batches of event records per stream entry.
+"""The fleet stream's record format (version 2): batches of event records per stream entry.
 
 A stream entry has two fields, both text:
 
 ``v``
-    the format version, ``"1"``; a consumer skips (and counts) versions it does not know;
+    the format version, ``"2"``; a consumer reads versions 2 and 1 (a fleet in a rolling
+    upgrade has workers of both) and skips (and counts) versions it does not know;
 ``e``
     a compact JSON array of up to :data:`RECORDS_PER_ENTRY` records. Packing records keeps
     the cost per event on the worker small (one ``XADD`` costs redis-py about 30 µs to build
     and parse; a record in a packed entry well under 1 µs).
 
-A record is a JSON object: ``k``, its kind (the event's signal name: ``task-succeeded``,
-``worker-heartbeat`` …, or ``fleet-dropped``), and the event's dataclass fields that differ
-from their defaults, by name. ``exception``, ``extras`` and ``in_process`` are never sent,
-free text is cut to :data:`MAX_TEXT` characters (stack traces to :data:`MAX_STACKTRACE`),
-and of the headers only the trace context travels, as ``tp``: the ``traceparent`` of the
-worker's own span when it traced the task, else the message's. A decoded event carries it
-as ``headers={"traceparent": tp}``, so exemplars and alert samples name the worker's trace.
+A version 2 record is a JSON array ``[kind, tp, field, field, …]``: its kind (the event's
+signal name: ``task-succeeded``, ``worker-heartbeat`` …, or ``fleet-dropped``), the trace
+context, then the event's forwarded fields by position in the kind's :func:`layout` (its
+dataclass field order), ``null`` for a field at its default and trailing nulls left
+out. Positional records cost the worker about half of what named ones did to build and to
+serialise. ``exception``, ``extras`` and ``in_process`` are never sent, free text is cut to
+:data:`MAX_TEXT` characters (stack traces to :data:`MAX_STACKTRACE`), non-finite numbers are
+left out, and of the headers only the trace context travels, as ``tp``: the
+``traceparent`` of the worker's own span when it traced the task, else the message's. A
+decoded event carries it as ``headers={"traceparent": tp}``, so exemplars and alert samples
+name the worker's trace.
 
-A ``fleet-dropped`` record is ``{"k": "fleet-dropped", "w": worker, "n": count}``: ``count``
-events that ``worker`` dropped since its previous report.
+A ``fleet-dropped`` record is ``["fleet-dropped", worker, count]``: ``count`` events that
+``worker`` dropped since its previous report.
+
+A version 1 record was a JSON object: ``k`` (the kind), ``tp``, and the fields that differ
+from their defaults by name (``{"k": "fleet-dropped", "w": worker, "n": count}`` for drops);
+:func:`encode_v1` and :func:`pack_v1` still write them, for tests.
 
 Decoding is strict about types (a wrong type is an error, not a guess) and lenient about
-fields it does not know (a newer forwarder may add some). Every problem is a
+fields it does not know (a newer forwarder may append some). Every problem is a
 :class:`WireError` with a bounded ``kind`` label; a bad record does not spoil the others in
 its entry.
 """
@@ -30,8 +39,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
+from math import isfinite
 from typing import Any, Final
 
 from stem_observe import events as ev
@@ -41,18 +52,29 @@ __all__ = [
     "DROPPED_KIND",
     "KINDS",
     "MAX_TEXT",
+    "READERS",
     "RECORDS_PER_ENTRY",
     "VERSION",
+    "VERSIONS",
+    "VERSION_1",
     "DropReport",
     "WireError",
     "decode",
     "decode_record",
+    "decode_record_v1",
     "drops_record",
     "encode",
+    "encode_v1",
+    "finish",
+    "layout",
     "pack",
+    "pack_v1",
 ]
 
-VERSION: Final = "1"
+VERSION: Final = "2"
+VERSION_1: Final = "1"
+#: The versions a consumer reads.
+VERSIONS: Final = (VERSION, VERSION_1)
 DROPPED_KIND: Final = "fleet-dropped"
 MAX_TEXT: Final = 1024
 MAX_STACKTRACE: Final = 4096
@@ -187,27 +209,43 @@ def _optional(dec: Decoder) -> Decoder:
 
 
 _TEXT = _text(MAX_TEXT)
-_CODECS: Final[dict[str, tuple[Encoder, Decoder] | None]] = {
-    "str": _TEXT,
-    "str | None": (_TEXT[0], _optional(_TEXT[1])),
-    "int": (_same, _int_dec),
-    "int | None": (_same, _optional(_int_dec)),
-    "float": (_float_enc, _float_dec),
-    "float | None": (_float_enc, _optional(_float_dec)),
-    "bool": (_same, _bool_dec),
-    "bool | None": (_same, _optional(_bool_dec)),
-    "TaskState": (_same, _state_dec),
-    "tuple[str, ...]": (list, _strings_dec),
-    "tuple[float, ...]": (_floats_enc, _floats_dec),
-    "tuple[WorkerQueueLoad, ...]": (_loads_enc, _loads_dec),
+_STACKTRACE = _text(MAX_STACKTRACE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """How one field type travels. ``encode`` serves v1; v2 records hold the attribute as it
+    is, after the checks ``limit`` (cut text) and ``finite`` (non-finite numbers are left
+    out), or passed through ``convert`` for containers json cannot take as they are."""
+
+    encode: Encoder
+    decode: Decoder
+    limit: int | None = None
+    finite: bool = False
+    convert: Encoder | None = None
+
+
+_CODECS: Final[dict[str, _Codec | None]] = {
+    "str": _Codec(*_TEXT, limit=MAX_TEXT),
+    "str | None": _Codec(_TEXT[0], _optional(_TEXT[1]), limit=MAX_TEXT),
+    "int": _Codec(_same, _int_dec),
+    "int | None": _Codec(_same, _optional(_int_dec)),
+    "float": _Codec(_float_enc, _float_dec, finite=True),
+    "float | None": _Codec(_float_enc, _optional(_float_dec), finite=True),
+    "bool": _Codec(_same, _bool_dec),
+    "bool | None": _Codec(_same, _optional(_bool_dec)),
+    "TaskState": _Codec(_same, _state_dec),
+    "tuple[str, ...]": _Codec(list, _strings_dec),  # json writes a tuple as an array
+    "tuple[float, ...]": _Codec(_floats_enc, _floats_dec, convert=_floats_enc),
+    "tuple[WorkerQueueLoad, ...]": _Codec(_loads_enc, _loads_dec, convert=_loads_enc),
     # Not forwarded: live objects, free-form mappings, and what only the sender can know.
     "BaseException | None": None,
     "Mapping[str, object] | None": None,
     "Mapping[str, str] | None": None,  # headers: only the trace context, as "tp"
 }
 _NOT_SENT: Final = frozenset({"in_process"})
-_SPECIAL: Final[dict[str, tuple[Encoder, Decoder]]] = {
-    "stacktrace": (_text(MAX_STACKTRACE)[0], _optional(_text(MAX_STACKTRACE)[1])),
+_SPECIAL: Final[dict[str, _Codec]] = {
+    "stacktrace": _Codec(_STACKTRACE[0], _optional(_STACKTRACE[1]), limit=MAX_STACKTRACE),
 }
 
 
@@ -215,8 +253,7 @@ _SPECIAL: Final[dict[str, tuple[Encoder, Decoder]]] = {
 class _Field:
     name: str
     default: Any  # MISSING when required (or made by a factory)
-    encode: Encoder
-    decode: Decoder
+    codec: _Codec
 
 
 def _fields_of(cls: type[ev.Event]) -> tuple[_Field, ...]:
@@ -229,7 +266,7 @@ def _fields_of(cls: type[ev.Event]) -> tuple[_Field, ...]:
         codec = _SPECIAL.get(f.name) or _CODECS[f.type]
         if codec is None:
             continue
-        result.append(_Field(f.name, f.default, codec[0], codec[1]))
+        result.append(_Field(f.name, f.default, codec))
     return tuple(result)
 
 
@@ -237,20 +274,113 @@ _FIELDS: Final[dict[type[ev.Event], tuple[_Field, ...]]] = {
     cls: _fields_of(cls) for cls in KINDS.values()
 }
 _FACTORY_DEFAULTS: Final = frozenset({"occurred_at", "timestamp"})  # "now" when absent
-_DUMPS: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_DUMPS: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
+                                 check_circular=False).encode
+_FIRST_FIELD: Final = 2  # a v2 record is [kind, tp, *fields]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A kind's v2 record: what to read off the event and which positions need a check."""
+
+    kind: str
+    fields: tuple[_Field, ...]
+    get: Callable[[Any], tuple[Any, ...]]
+    text: tuple[tuple[int, int], ...]  # (position, limit)
+    floats: tuple[int, ...]
+    convert: tuple[tuple[int, Encoder], ...]
+    required: tuple[str, ...]
+
+
+def _layout(cls: type[ev.Event]) -> _Layout:
+    fields_ = _FIELDS[cls]
+    names = [f.name for f in fields_]
+    getter = operator.attrgetter(*names)
+    get = getter if len(names) > 1 else lambda event: (getter(event),)
+    at = {f.name: position for position, f in enumerate(fields_, _FIRST_FIELD)}
+    return _Layout(
+        kind=_KIND_OF[cls],
+        fields=fields_,
+        get=get,
+        text=tuple((at[f.name], f.codec.limit) for f in fields_ if f.codec.limit is not None),
+        floats=tuple(at[f.name] for f in fields_ if f.codec.finite),
+        convert=tuple((at[f.name], f.codec.convert) for f in fields_
+                      if f.codec.convert is not None),
+        required=tuple(f.name for f in fields_
+                       if f.default is MISSING and f.name not in _FACTORY_DEFAULTS),
+    )
+
+
+#: Version 2's positional layout of each kind. It is the order of the event's dataclass
+#: fields: a field added to an event must come last in the layouts it joins (the unit
+#: tests pin each layout), so that older consumers ignore it rather than misread it.
+_LAYOUTS: Final[dict[type[ev.Event], _Layout]] = {cls: _layout(cls) for cls in KINDS.values()}
+_LAYOUT_OF_KIND: Final[dict[str, _Layout]] = {lay.kind: lay for lay in _LAYOUTS.values()}
+
+
+def layout(kind: str) -> tuple[str, ...]:
+    """The field names of a version 2 ``kind`` record, after its kind and ``tp``."""
+    return tuple(f.name for f in _LAYOUT_OF_KIND[kind].fields)
 
 
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]:
-    """The record for ``event`` (a type in :data:`KINDS`), ready for :func:`pack`."""
+def _cut(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit]
+
+
+#: For each event type, its kind and a reader of its forwarded fields (one C call): a
+#: forwarder keeps ``(kind, traceparent, fields)`` of an event, not the event, until
+#: :func:`finish` makes it a record. Tuples of strings and numbers are untracked by the
+#: garbage collector at its first pass; a queue of events or lists is work for every pass.
+READERS: Final[dict[type[ev.Event], tuple[str, Callable[[Any], tuple[Any, ...]]]]] = {
+    cls: (lay.kind, lay.get) for cls, lay in _LAYOUTS.items()
+}
+
+
+def finish(kind: str, traceparent: str | None, values: tuple[Any, ...]) -> list[Any]:
+    """The version 2 record of a ``kind`` event whose fields :data:`READERS` read: text
+    cut, non-finite numbers and an overlong traceparent left out, containers converted,
+    trailing nulls dropped."""
+    lay = _LAYOUT_OF_KIND[kind]
+    if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
+        traceparent = None
+    record = [kind, traceparent, *values]
+    for position, limit in lay.text:
+        value = record[position]
+        if value is not None and (value.__class__ is not str or len(value) > limit):
+            record[position] = _cut(value, limit)
+    for position in lay.floats:
+        value = record[position]
+        if value is not None and not isfinite(value):
+            record[position] = None
+    for position, convert in lay.convert:
+        value = record[position]
+        record[position] = convert(value) if value else None
+    while record[-1] is None:
+        record.pop()
+    return record
+
+
+def encode(event: ev.Event, traceparent: str | None = None) -> list[Any]:
+    """The version 2 record for ``event`` (a type in :data:`KINDS`), ready for :func:`pack`:
+    ``[kind, tp, *fields]`` in the kind's :func:`layout`, ``null`` for a field at its
+    default, trailing nulls left out."""
+    kind, read = READERS[type(event)]
+    return finish(kind, traceparent, read(event))
+
+
+def encode_v1(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]:
+    """The version 1 record for ``event``: what workers before version 2 sent (for tests
+    of consumers that must still read them)."""
     body: dict[str, Any] = {"k": _KIND_OF[type(event)]}
     for f in _FIELDS[type(event)]:
         value = getattr(event, f.name)
         if value is None or value == f.default:
             continue
-        value = f.encode(value)
+        value = f.codec.encode(value)
         if value is not _SKIP:
             body[f.name] = value
     if traceparent is not None and len(traceparent) <= MAX_TRACEPARENT:
@@ -258,14 +388,19 @@ def encode(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]:
     return body
 
 
-def drops_record(worker: str, count: int) -> dict[str, Any]:
+def drops_record(worker: str, count: int) -> list[Any]:
     """The record that reports ``count`` events dropped on ``worker``."""
-    return {"k": DROPPED_KIND, "w": worker[:MAX_TEXT], "n": count}
+    return [DROPPED_KIND, worker[:MAX_TEXT], count]
 
 
-def pack(records: list[dict[str, Any]]) -> dict[str, str]:
+def pack(records: list[list[Any]]) -> dict[str, str]:
     """The stream entry's fields for ``records`` (at most :data:`RECORDS_PER_ENTRY`)."""
     return {"v": VERSION, "e": _DUMPS(records)}
+
+
+def pack_v1(records: list[dict[str, Any]]) -> dict[str, str]:
+    """A version 1 stream entry, as workers before version 2 wrote them."""
+    return {"v": VERSION_1, "e": _DUMPS(records)}
 
 
 # --------------------------------------------------------------------------- decoding
@@ -289,9 +424,10 @@ def _field(entry: Mapping[Any, Any], name: str) -> str:
 
 def decode(entry: Mapping[Any, Any]) -> list[ev.Event | DropReport | WireError]:
     """The records of a stream entry (fields with ``bytes`` or ``str`` keys), each decoded
-    or a :class:`WireError`. Raises :class:`WireError` when the entry as a whole is bad."""
+    or a :class:`WireError`. Raises :class:`WireError` when the entry as a whole is bad.
+    Reads versions 2 and 1 (a fleet being upgraded has workers of both)."""
     version = _field(entry, "v")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise WireError("version", f"unknown record version {version[:16]!r}")
     raw = _field(entry, "e")
     if len(raw) > MAX_ENTRY_BYTES:
@@ -302,40 +438,34 @@ def decode(entry: Mapping[Any, Any]) -> list[ev.Event | DropReport | WireError]:
         raise WireError("malformed", f"invalid JSON: {exc}") from None
     if not isinstance(records, list):
         raise WireError("malformed", "entry body is not a JSON array")
+    decode_one = decode_record if version == VERSION else decode_record_v1
     results: list[ev.Event | DropReport | WireError] = []
     for record in records:
         try:
-            results.append(decode_record(record))
+            results.append(decode_one(record))
         except WireError as exc:
             results.append(exc)
     return results
 
 
-def decode_record(body: Any) -> ev.Event | DropReport:
-    """One decoded record (a JSON object)."""
-    if not isinstance(body, dict):
-        raise WireError("malformed", "record is not a JSON object")
-    kind = body.get("k")
+def _drop_report(worker: Any, count: Any) -> DropReport:
+    if not isinstance(worker, str) or type(count) is not int or count < 0:
+        raise WireError("malformed", "drop report needs a worker and a count")
+    return DropReport(worker, count)
+
+
+def _unknown(kind: Any) -> WireError:
     if not isinstance(kind, str):
-        raise WireError("malformed", "record without a kind")
-    cls = KINDS.get(kind)
-    if cls is None:
-        if kind != DROPPED_KIND:
-            raise WireError("kind", f"unknown record kind {kind[:64]!r}")
-        worker, count = body.get("w"), body.get("n")
-        if not isinstance(worker, str) or type(count) is not int or count < 0:
-            raise WireError("malformed", "drop report needs a worker and a count")
-        return DropReport(worker, count)
-    kwargs: dict[str, Any] = {}
-    for f in _FIELDS[cls]:
-        if f.name in body:
-            try:
-                kwargs[f.name] = f.decode(body[f.name])
-            except WireError as exc:
-                raise WireError("malformed", f"{kind}.{f.name}: {exc}") from None
-        elif f.default is MISSING and f.name not in _FACTORY_DEFAULTS:
-            raise WireError("malformed", f"{kind} without {f.name}")
-    traceparent = body.get("tp")
+        return WireError("malformed", "record without a kind")
+    return WireError("kind", f"unknown record kind {kind[:64]!r}")
+
+
+def _field_error(kind: str, f: _Field, exc: WireError) -> WireError:
+    return WireError("malformed", f"{kind}.{f.name}: {exc}")
+
+
+def _make(cls: type[ev.Event], kind: str, kwargs: dict[str, Any], traceparent: Any,
+          ) -> ev.Event:
     if traceparent is not None:
         if not isinstance(traceparent, str) or len(traceparent) > MAX_TRACEPARENT:
             raise WireError("malformed", f"{kind}.tp: not a short string")
@@ -344,3 +474,53 @@ def decode_record(body: Any) -> ev.Event | DropReport:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a field combination the event refuses
         raise WireError("malformed", f"{kind}: {exc}") from None
+
+
+def decode_record(body: Any) -> ev.Event | DropReport:
+    """One decoded version 2 record (a JSON array). Positions past the kind's layout (a
+    newer forwarder's fields) are ignored; ``null`` is the field's default."""
+    if not isinstance(body, list) or not body:
+        raise WireError("malformed", "record is not a non-empty JSON array")
+    kind = body[0]
+    lay = _LAYOUT_OF_KIND.get(kind) if isinstance(kind, str) else None
+    if lay is None:
+        if kind != DROPPED_KIND:
+            raise _unknown(kind)
+        return _drop_report(body[1] if len(body) > 1 else None,
+                            body[2] if len(body) > 2 else None)
+    kwargs: dict[str, Any] = {}
+    for f, value in zip(lay.fields, body[_FIRST_FIELD:], strict=False):  # newer: longer
+        if value is not None:
+            try:
+                kwargs[f.name] = f.codec.decode(value)
+            except WireError as exc:
+                raise _field_error(kind, f, exc) from None
+    for name in lay.required:
+        if name not in kwargs:
+            raise WireError("malformed", f"{kind} without {name}")
+    return _make(KINDS[kind], kind, kwargs, body[1] if len(body) > 1 else None)
+
+
+def decode_record_v1(body: Any) -> ev.Event | DropReport:
+    """One decoded version 1 record (a JSON object)."""
+    if not isinstance(body, dict):
+        raise WireError("malformed", "record is not a JSON object")
+    kind = body.get("k")
+    if not isinstance(kind, str):
+        raise _unknown(kind)
+    cls = KINDS.get(kind)
+    if cls is None:
+        if kind != DROPPED_KIND:
+            raise _unknown(kind)
+        return _drop_report(body.get("w"), body.get("n"))
+    kwargs: dict[str, Any] = {}
+    for f in _FIELDS[cls]:
+        if f.name in body:
+            try:
+                kwargs[f.name] = f.codec.decode(body[f.name])
+            except WireError as exc:
+                raise _field_error(kind, f, exc) from None
+        elif f.default is MISSING and f.name not in _FACTORY_DEFAULTS:
+            raise WireError("malformed", f"{kind} without {f.name}")
+    return _make(cls, kind, kwargs, body.get("tp"))
+

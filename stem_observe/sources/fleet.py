@@ -9,6 +9,8 @@ its span), and the metrics sink reads the worker's trace id from the event's
 ``traceparent`` for its exemplars. Entries are acknowledged (``XACK``) after they were
 emitted, one round trip per batch.
 
+* **Versions**: entries of record format versions 2 and 1 are both read, so workers can be
+  upgraded one at a time (``sources/_fleet_wire.py``).
 * **Bad entries** (unknown version or kind, malformed JSON or fields) are counted in
   ``stem_observe_fleet_parse_errors_total{kind}``, logged (rate-limited), acknowledged and
   skipped.

@@ -100,3 +100,20 @@ def test_bad_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         FleetForwarder("http://example.com/", registry=None)
     assert "redis_url" in str(caught.value)
+
+
+def test_a_queued_failure_holds_its_fields_not_its_exception(unreachable: str) -> None:
+    forwarder = FleetForwarder(unreachable, timeout_s=0.2, registry=None).start()
+    try:
+        error = KeyError("card")
+        stem_observe.emit(stem_observe.TaskFailed(task_id="t", task_name="n", exception=error,
+                                                  error_type="KeyError"))
+        assert forwarder.queued == 1
+        ((kind, traceparent, values),) = list(forwarder._queue)
+        assert (kind, traceparent) == ("task-failed", None)
+        assert "t" in values
+        assert "KeyError" in values
+        assert error not in values
+    finally:
+        forwarder.close(timeout_s=0.5)
+    assert forwarder.dropped == 1  # Redis never answered: counted at close

@@ -1,7 +1,9 @@
-"""The fleet stream's record format: round trips, limits, and bad entries."""
+"""The fleet stream's record format: round trips, limits, bad entries, and version 1 entries
+from workers not yet upgraded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -14,14 +16,21 @@ from stem_observe.sources._fleet_wire import (
     KINDS,
     MAX_STACKTRACE,
     MAX_TEXT,
+    READERS,
     RECORDS_PER_ENTRY,
+    VERSION,
     DropReport,
     WireError,
     decode,
     decode_record,
+    decode_record_v1,
     drops_record,
     encode,
+    encode_v1,
+    finish,
+    layout,
     pack,
+    pack_v1,
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -70,6 +79,76 @@ def test_round_trip_keeps_every_forwarded_field(event: ev.Event) -> None:
     assert round_trip(event) == event
 
 
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_version_1_entries_from_older_workers_still_decode(event: ev.Event) -> None:
+    traceparent = TRACEPARENT if isinstance(event, ev.TaskEvent) else None
+    fields = pack_v1([encode_v1(event, traceparent)])
+    assert fields["v"] == "1"
+    (decoded,) = decode(as_stream(fields))
+    if isinstance(event, ev.TaskEvent):
+        event = dataclasses.replace(event, headers={"traceparent": TRACEPARENT})
+    assert decoded == event
+
+
+def test_an_entry_is_version_2_with_positional_records() -> None:
+    event = ev.TaskReceived(occurred_at=10.5, task_id="t1", task_name="a.b", worker_id="w1")
+    fields = pack([encode(event, TRACEPARENT)])
+    assert VERSION == "2"
+    assert fields == {
+        "v": "2",
+        # kind, tp, then the layout; defaults travel as they are, trailing nulls are left out
+        "e": f'[["task-received","{TRACEPARENT}",10.5,"t1","a.b","default",0,0,"w1"]]',
+    }
+    assert encode(ev.WorkerStopping(occurred_at=1.0, worker_id="w")) == [
+        "worker-stopping", None, 1.0, "w", (), "stem"]
+
+
+def test_what_the_forwarder_queues_encodes_like_the_event() -> None:
+    event = EXAMPLES[4]  # TaskFailed: text, floats, an optional stack trace
+    kind, read = READERS[type(event)]
+    assert finish(kind, TRACEPARENT, read(event)) == encode(event, TRACEPARENT)
+
+
+# Version 2 records are positional: a field added to an event must be appended to its
+# layouts (older consumers ignore what comes after theirs), never inserted. Pinned here.
+LAYOUTS_V2: dict[str, tuple[str, ...]] = {
+    "after-task-publish": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                           "max_retries", "worker_id", "eta"),
+    "task-received": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                      "max_retries", "worker_id", "enqueued_at", "eta"),
+    "task-prerun": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                    "max_retries", "worker_id", "enqueued_at", "eta"),
+    "task-postrun": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                     "max_retries", "worker_id", "state", "runtime_s"),
+    "task-retry": ("occurred_at", "task_id", "task_name", "queue", "attempt", "max_retries",
+                   "worker_id", "reason", "error_type", "error_message", "next_retry_at",
+                   "retry_delay_s", "runtime_s"),
+    "task-succeeded": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                       "max_retries", "worker_id", "runtime_s"),
+    "task-failed": ("occurred_at", "task_id", "task_name", "queue", "attempt", "max_retries",
+                    "worker_id", "error_type", "error_message", "stacktrace", "runtime_s"),
+    "task-revoked": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                     "max_retries", "worker_id", "reason"),
+    "task-dead-lettered": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                           "max_retries", "worker_id", "reason", "error"),
+    "task-heartbeat": ("occurred_at", "task_id", "task_name", "queue", "attempt",
+                       "max_retries", "worker_id", "progress", "message"),
+    "worker-ready": ("occurred_at", "worker_id", "queues", "namespace", "concurrency"),
+    "worker-stopping": ("occurred_at", "worker_id", "queues", "namespace", "reason"),
+    "worker-shutdown": ("occurred_at", "worker_id", "queues", "namespace", "reason", "gone"),
+    "worker-heartbeat": (
+        "occurred_at", "worker_id", "queues", "namespace", "timestamp", "inflight",
+        "isolate_count", "concurrency", "max_concurrency", "prefetch", "last_lease_renewal",
+        "queue_loads", "host", "pid", "started_at", "memory_bytes", "memory_max_bytes",
+        "memory_percent", "load_avg", "cpu_count", "started", "completed", "failed",
+        "queue_depth", "autoscale", "uptime_s", "broadcasts", "interval_s", "version"),
+}
+
+
+def test_version_2_layouts_are_pinned() -> None:
+    assert {kind: layout(kind) for kind in KINDS} == LAYOUTS_V2
+
+
 def test_traceparent_travels_and_other_headers_and_live_objects_do_not() -> None:
     event = ev.TaskFailed(task_id="t", task_name="n", in_process=True,
                           headers={"traceparent": TRACEPARENT, "secret": "x"},
@@ -102,15 +181,37 @@ def test_non_finite_numbers_are_left_out() -> None:
 
 
 def test_drop_report() -> None:
+    assert drops_record("host-1", 7) == ["fleet-dropped", "host-1", 7]
     assert decode(as_stream(pack([drops_record("host-1", 7)]))) == [DropReport("host-1", 7)]
+    v1 = {"v": "1", "e": '[{"k":"fleet-dropped","w":"host-1","n":7}]'}
+    assert decode(as_stream(v1)) == [DropReport("host-1", 7)]
 
 
 def test_a_bad_record_does_not_spoil_its_entry() -> None:
     good = encode(ev.TaskSucceeded(task_id="t", task_name="n"))
+    items = decode(as_stream({"v": "2", "e": json.dumps([good, ["task-lost"], 5, good])}))
+    assert [type(i).__name__ for i in items] == [
+        "TaskSucceeded", "WireError", "WireError", "TaskSucceeded"]
+    assert [i.kind for i in items if isinstance(i, WireError)] == ["kind", "malformed"]
+
+
+def test_a_bad_record_does_not_spoil_its_version_1_entry() -> None:
+    good = encode_v1(ev.TaskSucceeded(task_id="t", task_name="n"))
     items = decode(as_stream({"v": "1", "e": json.dumps([good, {"k": "task-lost"}, 5, good])}))
     assert [type(i).__name__ for i in items] == [
         "TaskSucceeded", "WireError", "WireError", "TaskSucceeded"]
     assert [i.kind for i in items if isinstance(i, WireError)] == ["kind", "malformed"]
+
+
+def test_records_of_the_other_version_are_malformed() -> None:
+    v1_record = encode_v1(ev.TaskSucceeded(task_id="t", task_name="n"))
+    v2_record = encode(ev.TaskSucceeded(task_id="t", task_name="n"))
+    (in_v2,) = decode(as_stream({"v": "2", "e": json.dumps([v1_record])}))
+    (in_v1,) = decode(as_stream({"v": "1", "e": json.dumps([v2_record])}))
+    assert isinstance(in_v2, WireError)
+    assert in_v2.kind == "malformed"
+    assert isinstance(in_v1, WireError)
+    assert in_v1.kind == "malformed"
 
 
 def test_records_per_entry_is_what_the_forwarder_packs() -> None:
@@ -118,8 +219,11 @@ def test_records_per_entry_is_what_the_forwarder_packs() -> None:
 
 
 @pytest.mark.parametrize(("fields", "kind"), [
-    ({"v": "2", "e": "[]"}, "version"),
+    ({"v": "3", "e": "[]"}, "version"),
+    ({"v": "", "e": "[]"}, "version"),
     ({"e": "[]"}, "malformed"),
+    ({"v": "2", "e": "{not json"}, "malformed"),
+    ({"v": "2", "e": "{}"}, "malformed"),
     ({"v": "1", "e": "{not json"}, "malformed"),
     ({"v": "1", "e": "{}"}, "malformed"),
 ])
@@ -144,9 +248,33 @@ def test_bad_entries_raise_wire_errors_with_a_bounded_kind(
     ({"k": "fleet-dropped", "w": "h", "n": -1}, "malformed"),
     ({"k": "worker-heartbeat", "worker_id": "w", "queue_loads": [["a"]]}, "malformed"),
 ])
-def test_bad_records_raise_wire_errors_with_a_bounded_kind(
+def test_bad_version_1_records_raise_wire_errors_with_a_bounded_kind(
     record: dict[str, object], kind: str,
 ) -> None:
+    with pytest.raises(WireError) as caught:
+        decode_record_v1(record)
+    assert caught.value.kind == kind
+
+
+@pytest.mark.parametrize(("record", "kind"), [
+    (["task-exploded"], "kind"),
+    ({"k": "task-succeeded", "task_id": "t", "task_name": "n"}, "malformed"),
+    ([], "malformed"),
+    ([5, None, 1.0, "t", "n"], "malformed"),
+    (["task-succeeded", None, 1.0, None, "n"], "malformed"),  # no task_id
+    (["task-succeeded", None, 1.0, "t"], "malformed"),  # no task_name
+    (["task-succeeded", None, 1.0, 1, "n"], "malformed"),
+    (["task-succeeded", None, 1.0, "t", "n", None, None, None, None, "slow"], "malformed"),
+    (["task-postrun", None, 1.0, "t", "n", None, None, None, None, "odd"], "malformed"),
+    (["task-received", None, 1.0, "t", "n", None, True], "malformed"),
+    (["task-succeeded", 5, 1.0, "t", "n"], "malformed"),
+    (["task-succeeded", None, "noon", "t", "n"], "malformed"),
+    (["fleet-dropped", "h", -1], "malformed"),
+    (["fleet-dropped", "h"], "malformed"),
+    (["worker-heartbeat", None, 1.0, "w", None, None, None, None, None, None, None, None,
+      None, [["a"]]], "malformed"),
+])
+def test_bad_records_raise_wire_errors_with_a_bounded_kind(record: object, kind: str) -> None:
     with pytest.raises(WireError) as caught:
         decode_record(record)
     assert caught.value.kind == kind
@@ -158,10 +286,19 @@ def test_invalid_utf8_is_malformed() -> None:
 
 
 def test_unknown_fields_from_a_newer_forwarder_are_ignored() -> None:
-    decoded = decode_record({"k": "task-succeeded", "task_id": "t", "task_name": "n",
-                             "shiny": [1, 2]})
+    decoded = decode_record_v1({"k": "task-succeeded", "task_id": "t", "task_name": "n",
+                                "shiny": [1, 2]})
     assert isinstance(decoded, ev.TaskSucceeded)
     assert decoded.task_id == "t"
+    appended = decode_record(["task-succeeded", None, 1.0, "t", "n", None, None, None, None,
+                              0.5, "shiny", [1, 2]])
+    assert isinstance(appended, ev.TaskSucceeded)
+    assert (appended.task_id, appended.runtime_s) == ("t", 0.5)
+
+
+def test_nulls_are_defaults() -> None:
+    decoded = decode_record(["task-received", None, 2.0, "t", "n", None, None, None, None])
+    assert decoded == ev.TaskReceived(occurred_at=2.0, task_id="t", task_name="n")
 
 
 _json: Any = st.recursive(
@@ -182,3 +319,38 @@ def test_decode_never_raises_anything_but_wire_error(kind: str, body: dict[str, 
     fields = {b"v": b"1", b"e": json.dumps([{**body, "k": kind}, body]).encode()}
     for item in decode(fields):
         assert isinstance(item, ev.Event | DropReport | WireError)
+
+
+@given(kind=st.sampled_from([*KINDS, "fleet-dropped", "x"]),
+       tail=st.lists(_json, max_size=32),
+       other=_json)
+def test_decode_v2_never_raises_anything_but_wire_error(
+    kind: str, tail: list[Any], other: Any,
+) -> None:
+    fields = {b"v": b"2", b"e": json.dumps([[kind, *tail], tail, other]).encode()}
+    for item in decode(fields):
+        assert isinstance(item, ev.Event | DropReport | WireError)
+
+
+_text_st = st.text(max_size=40)
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(task_id=_text_st, task_name=_text_st, queue=_text_st, attempt=st.integers(0, 10**6),
+       worker_id=st.none() | _text_st, runtime_s=st.none() | st.floats(),
+       occurred_at=_finite, traceparent=st.none() | st.text(max_size=200))
+def test_v2_round_trip_property(
+    *, task_id: str, task_name: str, queue: str, attempt: int, worker_id: str | None,
+    runtime_s: float | None, occurred_at: float, traceparent: str | None,
+) -> None:
+    event = ev.TaskSucceeded(occurred_at=occurred_at, task_id=task_id, task_name=task_name,
+                             queue=queue, attempt=attempt, worker_id=worker_id,
+                             runtime_s=runtime_s)
+    (decoded,) = decode(as_stream(pack([encode(event, traceparent)])))
+    # What v1 made of the same event is what v2 makes of it.
+    (decoded_v1,) = decode(as_stream(pack_v1([encode_v1(event, traceparent)])))
+    assert decoded == decoded_v1
+    assert isinstance(decoded, ev.TaskSucceeded)
+    assert (decoded.task_id, decoded.task_name, decoded.queue, decoded.attempt,
+            decoded.worker_id, decoded.occurred_at) == (
+        task_id, task_name, queue, attempt, worker_id, occurred_at)
