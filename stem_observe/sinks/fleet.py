@@ -178,7 +178,9 @@ class FleetForwarder:
         # reply was lost can be looked up after reconnecting instead of guessed.
         self._marker = f"{self.stream}:batch:{uuid.uuid4().hex}"
         self._seq = 0
-        self._in_doubt: tuple[int, int, int] | None = None  # (seq, events, drops reported)
+        # (seq, events, drops reported, the batch's entries): a batch whose transaction
+        # failed, kept (one batch, at most batch_max events) until Redis says whether it landed
+        self._in_doubt: tuple[int, int, int, list[Any]] | None = None
         self.forwarded = 0
         """Events written to the stream."""
         self.batches = 0
@@ -375,13 +377,25 @@ class FleetForwarder:
             self._send(client, queue)
 
     def _settle(self, client: redis.Redis) -> None:
-        """Learn whether the batch whose transaction failed was committed after all."""
+        """Learn whether the batch whose transaction failed was committed after all; if not,
+        send it again (it is not lost while Redis comes back)."""
         assert self._in_doubt is not None
-        seq, events, reported = self._in_doubt
+        seq, events, reported, entries = self._in_doubt
         if client.get(self._marker) == str(seq).encode():
             self._committed(events, reported)
-        else:
-            self._drop(events, "send_failed")
+            self._in_doubt = None
+            return
+        self._seq += 1
+        pipe = client.pipeline(transaction=True)
+        for fields in entries:
+            pipe.xadd(self.stream, fields, maxlen=self._maxlen_entries, approximate=True)
+        pipe.set(self._marker, self._seq, ex=3600)
+        self._in_doubt = (self._seq, events, reported, entries)
+        try:
+            pipe.execute()
+        finally:
+            pipe.reset()
+        self._committed(events, reported)
         self._in_doubt = None
 
     def _committed(self, events: int, reported: int) -> None:
@@ -402,11 +416,16 @@ class FleetForwarder:
         records: list[list[Any]] = []
         encoded = entries = 0
         remaining = self.batch_max
+        sent: list[Any] = []
+
+        def add(fields: Any) -> None:
+            sent.append(fields)
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+
         while remaining and queue:
             if records:  # the previous chunk is an entry of its own
                 entries += 1
-                pipe.xadd(stream, pack(records), maxlen=maxlen,  # type: ignore[arg-type]
-                          approximate=True)
+                add(pack(records))
             # Only this thread takes from the queue: len() items are there to take.
             count = min(len(queue), RECORDS_PER_ENTRY, remaining)
             remaining -= count
@@ -419,14 +438,12 @@ class FleetForwarder:
         if unreported:
             if len(records) >= RECORDS_PER_ENTRY:
                 entries += 1
-                pipe.xadd(stream, pack(records), maxlen=maxlen,  # type: ignore[arg-type]
-                          approximate=True)
+                add(pack(records))
                 records = []
             records.append(drops_record(self.worker, unreported))
         if records:
             entries += 1
-            pipe.xadd(stream, pack(records), maxlen=maxlen,  # type: ignore[arg-type]
-                      approximate=True)
+            add(pack(records))
         if not entries:
             return
         self._seq += 1
@@ -435,7 +452,7 @@ class FleetForwarder:
             pipe.execute()
         except BaseException:
             # All or nothing (MULTI/EXEC); the marker tells which, once Redis answers again.
-            self._in_doubt = (self._seq, encoded, unreported)
+            self._in_doubt = (self._seq, encoded, unreported, sent)
             raise
         finally:
             pipe.reset()
@@ -467,7 +484,7 @@ class _Collector(Collector):
         f = self._forwarder
         dropped = CounterMetricFamily(
             "stem_observe_fleet_dropped", "Events not forwarded to the fleet stream, by "
-            "reason (queue_full, send_failed, closed, unencodable).", labels=["reason"])
+            "reason (queue_full, closed, unencodable).", labels=["reason"])
         for reason, count in sorted(f.dropped_by_reason().items()):
             dropped.add_metric([reason], count)
         yield dropped

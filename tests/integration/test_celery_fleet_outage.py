@@ -1,7 +1,7 @@
 """A real prefork Celery worker keeps its pace while the fleet's Redis is down for ten
 seconds: the broker is another Redis, forwarding never blocks a task, and once the fleet
-Redis is back the events queued meanwhile arrive in ``serve``; what could not be forwarded
-is exactly what the workers' drop counters report."""
+Redis is back the events queued meanwhile arrive in ``serve``, the batch in flight when it
+went away included; the drop counters say nothing was lost."""
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ def test_a_fleet_redis_outage_neither_slows_the_worker_nor_loses_events(
                  message="every task event received or reported dropped")
         missing = 4 * tasks - arrived()
         assert missing <= dropped() <= missing + 3
-        assert dropped() < 0.05 * 4 * tasks  # the outage cost a batch, not the backlog
+        # The queues held the outage's events and the batch in flight when Redis went away
+        # was sent again once it was back: nothing was lost.
+        assert (missing, dropped()) == (0, 0)
         assert total(base, r'stem_tasks_succeeded_total\{[^}]*\}') == total(
             base, r'stem_observe_fleet_events_total\{kind="task-succeeded"\}')
     finally:
