@@ -55,42 +55,14 @@ from typing import Any, Final
 ROOT: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import (  # noqa: E402
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.bench_lifecycle import make_provider  # noqa: E402  (the same always-on provider)
+
 VARIANTS: Final = ("none", "otel", "plugin")
-MAX_QUEUE_SIZE: Final = 65536
 VARIANT_ENV: Final = "BENCH_CELERY_VARIANT"
 FLEET_ENV: Final = "BENCH_CELERY_FLEET"
-
-
-class DiscardingExporter(SpanExporter):
-    """Counts spans and drops them."""
-
-    def __init__(self) -> None:
-        self.exported = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-def make_provider() -> tuple[TracerProvider, DiscardingExporter]:
-    exporter = DiscardingExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE_SIZE))
-    return provider, exporter
 
 
 def setup_variant(variant: str, app: Any, provider: TracerProvider,
