@@ -22,6 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from stem_observe._throttle import Throttle
 from stem_observe.config import to_seconds
 from stem_observe.errors import ConfigError, StemObserveError
 from stem_observe.notify._metrics import NotifyMetrics
@@ -196,23 +197,6 @@ class RetryPolicy:
         return min(self.max_backoff_s, base * rng.uniform(1.0, 1.0 + self.jitter))
 
 
-class _Throttled:
-    """Logs a message at most once per ``every_s`` for each key."""
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s = every_s
-        self._last: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: tuple[str, str], now: float) -> bool:
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.every_s:
-                return False
-            self._last[key] = now
-            return True
-
-
 class DeliveryPolicy:
     """Delivers a notification with retries; see :class:`RetryPolicy` for the schedule.
 
@@ -232,7 +216,7 @@ class DeliveryPolicy:
         self.dead_letter = dead_letter
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._throttle = _Throttled()
+        self._throttle = Throttle()
 
     def deliver(
         self, receiver: Receiver, notification: Notification, *,

@@ -71,6 +71,7 @@ from typing import Any, Final, Literal
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from stem_observe._throttle import Throttle
 from stem_observe.notify import _outbox_scripts as lua
 from stem_observe.notify._breaker import Breaker
 from stem_observe.notify._codec import (
@@ -98,7 +99,6 @@ DEFAULT_STATE_TTL_S: Final = 8 * 3600.0
 PERMANENT_KINDS: Final = frozenset({"auth", "not_found", "gone", "redirect", "client",
                                     "invalid_response", "disabled", "bug"})
 CONSUMER_IDLE_MS: Final = 3_600_000
-LOG_EVERY_S: Final = 60.0
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
@@ -182,7 +182,7 @@ class RedisOutbox:
         self._thread: threading.Thread | None = None
         self._deliver: Deliver | None = None
         self._room: Room | None = None
-        self._last_log: dict[str, float] = {}
+        self._throttle = Throttle()
 
     # --- keys -------------------------------------------------------------------------
 
@@ -554,12 +554,8 @@ class RedisOutbox:
                      self.dead_stream, error)
 
     def _error(self, what: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last_log.get(what)
-            if last is not None and now - last < LOG_EVERY_S:
-                return
-            self._last_log[what] = now
+        if not self._throttle.allow(what):
+            return
         logger.warning("redis: %s failed: %s: %s", what, type(exc).__name__, exc)
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from typing import Final
 
 import redis
 
+from stem_observe._throttle import Throttle
 from stem_observe.notify._breaker import Breaker
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.dispatch import LogEntry, MemoryNotificationLog
@@ -41,7 +42,6 @@ __all__ = ["RedisNotificationLog"]
 logger = logging.getLogger("stem_observe.notify.redis_log")
 
 DEFAULT_REPEAT_INTERVAL_S: Final = 4 * 3600.0
-LOG_EVERY_S: Final = 60.0
 
 
 # KEYS: entry. ARGV: JSON, its "at", ttl ms. Keep an entry that is newer than this one.
@@ -77,7 +77,7 @@ class RedisNotificationLog:
         self.clock = clock
         self._local = MemoryNotificationLog(max_entries)
         self._lock = threading.Lock()
-        self._last_log: dict[str, float] = {}
+        self._throttle = Throttle()
 
     # --- the NotificationLog protocol ---------------------------------------------------
 
@@ -129,12 +129,8 @@ class RedisNotificationLog:
         return f"{self.prefix}:nflog:{receiver}:{digest}"
 
     def _error(self, what: str, exc: BaseException) -> None:
-        now = self.clock.monotonic()
-        with self._lock:
-            last = self._last_log.get(what)
-            if last is not None and now - last < LOG_EVERY_S:
-                return
-            self._last_log[what] = now
+        if not self._throttle.allow(what, self.clock.monotonic()):
+            return
         logger.warning("redis: %s failed (failing open): %s: %s", what,
                        type(exc).__name__, exc)
 

@@ -22,10 +22,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import redis
 
+from stem_observe._throttle import Throttle
 from stem_observe.errors import StemObserveError
 from stem_observe.notify.clock import SYSTEM_CLOCK, Clock
 from stem_observe.notify.model import TaskSample
@@ -45,29 +46,10 @@ __all__ = ["RedisStore", "StoreUnavailableError", "state_from_json", "state_to_j
 
 logger = logging.getLogger("stem_observe.rules.redis_store")
 
-LOG_EVERY_S: Final = 60.0
 
 
 class StoreUnavailableError(StemObserveError):
     """Redis could not be reached to create a silence."""
-
-
-class _RateLimitedLog:
-    def __init__(self, clock: Clock, every_s: float = LOG_EVERY_S) -> None:
-        self.clock = clock
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def error(self, what: str, exc: BaseException) -> None:
-        now = self.clock.monotonic()
-        with self._lock:
-            last = self._last.get(what)
-            if last is not None and now - last < self.every_s:
-                return
-            self._last[what] = now
-        logger.warning("redis %s failed (using the last good data): %s: %s",
-                       what, type(exc).__name__, exc)
 
 
 def server_time(client: redis.Redis) -> float:
@@ -139,7 +121,7 @@ class RedisStore:
         self._offset = 0.0  # server time minus local time, as last seen
         self._known: dict[str, Silence] = {}  # last good silences (not yet purged)
         self._states: builtins.list[AlertState] = []
-        self._errors = _RateLimitedLog(clock)
+        self._throttle = Throttle()
 
     def _key(self, silence_id: str) -> str:
         return f"{self.prefix}:silence:{silence_id}"
@@ -165,7 +147,7 @@ class RedisStore:
             try:
                 found.append(_silence_from_json(json.loads(raw)))
             except (ValueError, KeyError, TypeError) as exc:
-                self._errors.error("decoding a silence", exc)
+                self._error("decoding a silence", exc)
         found.sort(key=lambda s: (s.starts_at, s.id))
         with self._lock:
             self._known.update((s.id, s) for s in found)
@@ -198,7 +180,7 @@ class RedisStore:
                               ends_at=ends_at, created_by=created_by, comment=comment)
             self._write(silence, now)
         except redis.RedisError as exc:
-            self._errors.error("add", exc)
+            self._error("add", exc)
             raise StoreUnavailableError(f"the silence store (Redis) is unavailable: "
                                         f"{type(exc).__name__}") from None
         return silence
@@ -208,7 +190,7 @@ class RedisStore:
             now = self._now()
             found = self._fetch(now - EXPIRED_RETENTION_S)
         except redis.RedisError as exc:
-            self._errors.error("list", exc)
+            self._error("list", exc)
             now = self._fallback_now()
             with self._lock:
                 found = sorted((s for s in self._known.values()
@@ -230,7 +212,7 @@ class RedisStore:
                 ends_at=now, created_by=silence.created_by, comment=silence.comment), now)
             return True
         except redis.RedisError as exc:
-            self._errors.error("expire", exc)
+            self._error("expire", exc)
             return False
 
     def silences(self, now: float) -> builtins.list[Silence]:
@@ -244,7 +226,7 @@ class RedisStore:
                                if s.ends_at >= server_now - EXPIRED_RETENTION_S}
                 self._known.update((s.id, s) for s in found)
         except redis.RedisError as exc:
-            self._errors.error("reading silences", exc)
+            self._error("reading silences", exc)
             server_now = self._fallback_now()
             with self._lock:
                 found = builtins.list(self._known.values())
@@ -257,7 +239,7 @@ class RedisStore:
             self.client.set(self._states_key,
                             json.dumps([state_to_json(s) for s in states]))
         except redis.RedisError as exc:
-            self._errors.error("saving alert states", exc)
+            self._error("saving alert states", exc)
 
     def load_states(self) -> builtins.list[AlertState]:
         """The snapshot in Redis (the last one saved here if Redis cannot be read). An
@@ -265,7 +247,7 @@ class RedisStore:
         try:
             raw = self.client.get(self._states_key)
         except redis.RedisError as exc:
-            self._errors.error("loading alert states", exc)
+            self._error("loading alert states", exc)
             raw = None
         if raw is not None:
             try:
@@ -273,7 +255,7 @@ class RedisStore:
                 if not isinstance(entries, builtins.list):
                     raise TypeError(f"expected a JSON list, got {type(entries).__name__}")
             except (ValueError, TypeError) as exc:
-                self._errors.error("decoding alert states", exc)
+                self._error("decoding alert states", exc)
             else:
                 return self._decode(entries)
         with self._lock:
@@ -293,6 +275,11 @@ class RedisStore:
             logger.warning("skipped %d of %d saved alert states that could not be decoded: %s",
                            len(skipped), len(entries), "; ".join(skipped[:5]))
         return found
+
+    def _error(self, what: str, exc: BaseException) -> None:
+        if self._throttle.allow(what, self.clock.monotonic()):
+            logger.warning("redis %s failed (using the last good data): %s: %s",
+                           what, type(exc).__name__, exc)
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r})"

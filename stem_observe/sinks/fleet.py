@@ -52,6 +52,7 @@ from redis.retry import Retry
 
 from stem_observe import events as ev
 from stem_observe import signals
+from stem_observe._throttle import Throttle
 from stem_observe.bridge import FORWARDED_SENDER
 from stem_observe.errors import ConfigError
 from stem_observe.sinks._scopes import TASKS
@@ -71,7 +72,6 @@ logger = logging.getLogger("stem_observe.sinks.fleet")
 DEFAULT_STREAM: Final = "stem_observe:fleet"
 #: The sender of events re-emitted from the fleet stream: never forwarded again, not traced.
 FLEET_SENDER: Final = FORWARDED_SENDER
-_LOG_EVERY_S: Final = 60.0
 # Outcomes whose exemplars name a trace: for these the worker's current span is looked up
 # when the message carried no sampled traceparent.
 _OUTCOMES: Final = frozenset({
@@ -185,7 +185,7 @@ class FleetForwarder:
         """Events written to the stream."""
         self.batches = 0
         self._healthy = False  # so the first attempt probes before taking a batch
-        self._last_log: dict[str, float] = {}
+        self._throttle = Throttle()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -468,9 +468,7 @@ class FleetForwarder:
         return records
 
     def _log(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._last_log[key] = now
+        if self._throttle.allow(key):
             logger.warning(message, *args)
 
 

@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from stem_observe import events as ev
+from stem_observe._throttle import Throttle
 from stem_observe.errors import ConfigError
 from stem_observe.signals import emit
 from stem_observe.sinks._labels import LabelLimiter
@@ -54,7 +55,6 @@ __all__ = ["DEFAULT_GROUP", "FleetConsumer"]
 logger = logging.getLogger("stem_observe.sources.fleet")
 
 DEFAULT_GROUP: Final = "stem-observe"
-_LOG_EVERY_S: Final = 60.0
 _MAX_WORKERS: Final = 1000
 
 
@@ -137,7 +137,7 @@ class FleetConsumer:
         self._next_claim = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_log: dict[str, float] = {}
+        self._throttle = Throttle()
         self.ready = threading.Event()
         """Set while reads of the stream succeed."""
         self.emitted = 0
@@ -309,9 +309,7 @@ class FleetConsumer:
             self._unacked.clear()
 
     def _log(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._last_log[key] = now
+        if self._throttle.allow(key):
             logger.warning(message, *args)
 
 
