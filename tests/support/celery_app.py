@@ -90,3 +90,9 @@ def tasks() -> dict[str, Any]:
 def now() -> float:
     """When it ran (the benchmark's clock)."""
     return time.time()
+
+
+@app.task(name="tests.clocks")
+def clocks() -> tuple[float, float]:
+    """When it ran, and the CPU time the worker process (all its threads) had used so far."""
+    return time.time(), time.process_time()

@@ -1,0 +1,187 @@
+"""Instructions per task added by OpenTelemetry's Celery instrumentation and by the plugin.
+
+Wall-clock and CPU time on a shared machine move by more than what either variant adds
+to a real worker (a solo worker over Redis spends 1 to 3 ms per task; repeats differ by
+hundreds of µs). Instruction counts do not move with the machine's load. Each variant of
+``bench_celery.py`` runs under ``valgrind --tool=cachegrind`` twice, with a small and a
+large number of tasks; the difference of the two totals divided by the difference of the
+task counts is what one task costs, start-up and shutdown cancelled out. Every thread of
+the process counts (the span exporter's, the fleet forwarder's).
+
+``eager``
+    ``task.apply()`` in a child process (same variants and provider as ``bench_celery``).
+``worker``
+    ``celery worker --pool solo`` under valgrind drains tasks published beforehand to a
+    private ``redis-server``, storing each result there; the worker is stopped (warm
+    shutdown) once the last result is in.
+
+Run::
+
+    .venv/bin/python bench/bench_celery_instructions.py [--mode eager|worker|both]
+        [--small N] [--large M] [--fleet redis://...]
+
+It needs ``valgrind``; a worker run takes a few minutes (valgrind slows Python about 50 times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_celery import FLEET_ENV, VARIANT_ENV, VARIANTS, setup_variant  # noqa: E402
+from bench.bench_lifecycle import make_provider  # noqa: E402
+
+VALGRIND: Final = ("valgrind", "--tool=cachegrind", "--cache-sim=no",
+                   "--cachegrind-out-file=/dev/null")
+_REFS: Final = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def _refs(text: str, where: str) -> int:
+    match = _REFS.search(text)
+    if match is None:
+        raise RuntimeError(f"no instruction count in the valgrind output of {where}:\n"
+                           f"{text[-2000:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def eager_child(variant: str, tasks: int, fleet: str | None) -> None:
+    """Run in the valgrind child: ``tasks`` eager applies with ``variant`` installed."""
+    os.environ.setdefault("STEM_OBSERVE_TEST_PLUGIN", "0")
+    from tests.support.celery_app import app, noop
+
+    provider, exporter = make_provider()
+    remove = setup_variant(variant, app, provider, fleet)
+    try:
+        for _ in range(200):  # warm-up, in both runs
+            noop.apply()
+        gc.collect()
+        for _ in range(tasks):
+            noop.apply()
+        provider.force_flush()
+    finally:
+        remove()
+        provider.shutdown()
+    if exporter.exported not in (0, tasks + 200):
+        raise RuntimeError(f"{variant}: {exporter.exported} spans exported, not {tasks + 200}")
+
+
+def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
+    cmd = [*VALGRIND, sys.executable, str(Path(__file__).resolve()),
+           "--eager-child", variant, "--small", str(tasks)]
+    if fleet:
+        cmd += ["--fleet", fleet]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"eager {variant} x {tasks} failed:\n{done.stderr[-2000:]}")
+    return _refs(done.stderr, f"eager {variant} x {tasks}")
+
+
+def worker_refs(variant: str, tasks: int, redis_url: str, fleet: str | None,
+                workdir: Path) -> int:
+    from celery import Celery
+
+    producer = Celery("bench-producer", broker=redis_url, backend=redis_url)
+    producer.conf.update(task_default_queue="tests", broker_connection_retry_on_startup=True)
+    with producer.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()
+    ids = [producer.send_task("tests.now").id for _ in range(tasks)]
+    env = {
+        **os.environ,
+        "STEM_OBSERVE_TEST_BROKER_URL": redis_url,
+        "STEM_OBSERVE_TEST_BACKEND_URL": redis_url,
+        "STEM_OBSERVE_TEST_PLUGIN": "0",
+        "STEM_OBSERVE_TEST_WORKER_SETUP": "bench.bench_celery:worker_setup",
+        VARIANT_ENV: variant,
+        FLEET_ENV: fleet or "",
+        "PYTHONPATH": str(ROOT),
+    }
+    log_path = workdir / f"worker-{variant}-{tasks}.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [*VALGRIND, sys.executable, "-m", "celery", "-A", "tests.support.celery_app",
+             "worker", "--pool", "solo", "-Q", "tests", "-n", f"bench-{variant}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--loglevel", "WARNING"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            producer.AsyncResult(ids[-1]).get(timeout=1800)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=600)
+    return _refs(log_path.read_text(errors="replace"), f"worker {variant} x {tasks}")
+
+
+def per_task(small: int, large: int, refs: dict[int, int]) -> float:
+    return (refs[large] - refs[small]) / (large - small)
+
+
+def report(title: str, figures: dict[str, float]) -> list[str]:
+    none = figures["none"]
+    lines = [title, f"{'variant':<8} {'instructions/task':>18} {'added':>10}"]
+    for variant in VARIANTS:
+        lines.append(f"{variant:<8} {figures[variant]:>18,.0f} {figures[variant] - none:>+10,.0f}")
+    otel, plugin = figures["otel"] - none, figures["plugin"] - none
+    verdict = "MET" if plugin < otel else "NOT MET"
+    lines.append(f"target: plugin adds less than otel ({plugin:,.0f} < {otel:,.0f}): {verdict}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mode", choices=("eager", "worker", "both"), default="both")
+    parser.add_argument("--small", type=int, default=200, help="tasks in the small run")
+    parser.add_argument("--large", type=int, default=1200, help="tasks in the large run")
+    parser.add_argument("--fleet", default=None, help="Redis URL for the plugin's fleet mode")
+    parser.add_argument("--eager-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.eager_child:
+        eager_child(args.eager_child, args.small, args.fleet)
+        return 0
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is not installed (apt-get install valgrind)")
+    if args.large <= args.small:
+        parser.error("--large must be more than --small")
+    lines = [f"Python {sys.version.split()[0]}; plugin fleet forwarding: {args.fleet or 'off'}"]
+    sizes = (args.small, args.large)
+    if args.mode in ("eager", "both"):
+        figures = {v: per_task(*sizes, {n: eager_refs(v, n, args.fleet) for n in sizes})
+                   for v in VARIANTS}
+        lines += ["", *report(f"eager: task.apply(), {args.large} - {args.small} tasks",
+                              figures)]
+    if args.mode in ("worker", "both"):
+        from tests.support.redis_server import RedisServer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            redis = RedisServer(Path(tmp))
+            redis.start()
+            try:
+                figures = {
+                    v: per_task(*sizes, {n: worker_refs(v, n, redis.url, args.fleet, Path(tmp))
+                                         for n in sizes})
+                    for v in VARIANTS
+                }
+            finally:
+                redis.stop()
+        lines += ["", *report(f"worker (solo pool, Redis): {args.large} - {args.small} tasks",
+                              figures)]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
