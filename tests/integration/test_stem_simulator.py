@@ -15,11 +15,14 @@ from typing import Any, cast
 import pytest
 import redis
 
+from stem_observe import events as ev
 from stem_observe.sources.stem.inspect import QueueStats, discover_queues, queue_stats
 from stem_observe.sources.stem.keys import StemKeys
+from stem_observe.sources.stem.schedules import ScheduleTracker
 from stem_observe.sources.stem.simulator import (
     HEARTBEAT_TTL_MS,
     RESULT_TTL_MS,
+    SCHEDULE_LOCK_TTL_MS,
     Delivery,
     StemSimulator,
     retry_delay_ms,
@@ -27,12 +30,14 @@ from stem_observe.sources.stem.simulator import (
 )
 from stem_observe.sources.stem.wire import (
     Envelope,
+    ParseError,
     dart_iso,
     dumps,
     parse_dead_letter,
     parse_envelope_fields,
     parse_envelope_json,
     parse_heartbeat,
+    parse_schedule,
     parse_status,
 )
 from tests.support.wait import wait_for
@@ -610,3 +615,160 @@ def test_uuid7_ids() -> None:
     assert int(first.replace("-", "")[:12], 16) == 1_700_000_000_123
     assert first < second
     assert uuid7(5, random.Random(9)) == uuid7(5, random.Random(9))
+
+
+# --------------------------------------------------------------------------- Beat
+
+SCHEDULE_FIELDS = ["taskName", "queue", "spec", "args", "kwargs", "enabled", "jitterMs",
+                   "lastRunAt", "nextRunAt", "lastJitterMs", "lastError", "timezone",
+                   "totalRunCount", "lastSuccessAt", "lastErrorAt", "driftMs", "expireAt",
+                   "meta", "version"]
+HISTORY_FIELDS = ["scheduledAt", "executedAt", "success", "durationMs", "error"]
+
+
+def naive(epoch_s: float) -> str:
+    """What Beat's ``DateTime.now().toIso8601String()`` writes on a UTC host."""
+    return dart_iso(epoch_s)[:-1]
+
+
+def test_add_schedule_writes_what_upsert_writes(
+    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+) -> None:
+    sim.add_schedule("nightly", "reports.build", every_s=30, queue="reports",
+                     args={"value": 1}, meta={"source": "test"})
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:nightly"))
+    assert list(fields) == SCHEDULE_FIELDS  # HSET's order (§3.10)
+    due = clock.now + 30
+    assert fields == {
+        "taskName": "reports.build", "queue": "reports",
+        "spec": '{"kind":"interval","everyMs":30000}', "args": '{"value":1}', "kwargs": "{}",
+        "enabled": "true", "jitterMs": "", "lastRunAt": "", "nextRunAt": dart_iso(due),
+        "lastJitterMs": "", "lastError": "", "timezone": "", "totalRunCount": "0",
+        "lastSuccessAt": "", "lastErrorAt": "", "driftMs": "", "expireAt": "",
+        "meta": '{"source":"test"}', "version": "1",
+    }
+    assert zmembers(client, "stem:schedule:index") == [("nightly", float(round(due * 1000)))]
+    entry = parse_schedule("nightly", fields)
+    assert (entry.task_name, entry.queue, entry.next_run_at) == ("reports.build", "reports", due)
+    sim.add_schedule("nightly", "reports.build", every_s=60, first_run_at=clock.now + 5)
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:nightly"))
+    assert (fields["version"], fields["nextRunAt"]) == ("2", dart_iso(clock.now + 5))
+    with pytest.raises(ValueError, match="every_s"):
+        sim.add_schedule("bad", "t", every_s=0)
+
+
+def test_beat_dispatches_due_entries_on_time_and_late(
+    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+) -> None:
+    sim.add_schedule("tick", "clock.tick", every_s=10, queue="beat", meta={"team": "ops"})
+    first_due = clock.now + 10
+    assert sim.due_schedules() == []
+    assert sim.beat_tick() == []
+    clock.advance(10)
+    assert sim.due_schedules() == [("tick", first_due)]
+    (on_time,) = sim.beat_tick()
+    assert (on_time.entry_id, on_time.scheduled_for, on_time.executed_at, on_time.error) == (
+        "tick", first_due, clock.now, None)
+    assert on_time.drift_s == 0
+    envelope = on_time.envelope
+    assert envelope is not None
+    ((_, stream_fields),) = xrange(client, "stem:stream:beat")
+    assert list(stream_fields) == STREAM_FIELDS
+    assert parse_envelope_fields(stream_fields) == envelope
+    assert (envelope.name, envelope.queue, envelope.attempt, envelope.max_retries) == (
+        "clock.tick", "beat", 0, 0)
+    assert envelope.headers == {"scheduled-from": "beat", "schedule-id": "tick"}
+    assert envelope.meta == {"team": "ops"}
+    assert client.get(f"stem:result:{envelope.id}") is None  # Beat writes no status record
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:tick"))
+    executed = naive(clock.now)
+    assert {k: fields[k] for k in ("lastRunAt", "nextRunAt", "lastError", "totalRunCount",
+                                   "lastSuccessAt", "lastErrorAt", "driftMs", "version")} == {
+        "lastRunAt": executed, "nextRunAt": naive(clock.now + 10), "lastError": "",
+        "totalRunCount": "1", "lastSuccessAt": executed, "lastErrorAt": "", "driftMs": "0",
+        "version": "2"}
+    assert zmembers(client, "stem:schedule:index") == [("tick", float(clock.ms + 10_000))]
+    assert client.exists("stem:schedule:tick:lock", "stem:lock:stem:schedule:tick") == 0
+    # Beat ran 2.5 s late: the next run counts from this execution, not from the due time.
+    clock.advance(12.5)
+    (late,) = sim.beat_tick()
+    assert late.drift_s == pytest.approx(2.5)
+    history = xrange(client, "stem:schedule:tick:history")
+    assert [list(fields) for _, fields in history] == [HISTORY_FIELDS, HISTORY_FIELDS]
+    assert [fields for _, fields in history] == [
+        {"scheduledAt": dart_iso(first_due), "executedAt": naive(first_due),
+         "success": "true", "durationMs": "0", "error": ""},
+        {"scheduledAt": naive(first_due + 10), "executedAt": naive(clock.now),
+         "success": "true", "durationMs": "0", "error": ""},
+    ]
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:tick"))
+    assert (fields["driftMs"], fields["totalRunCount"], fields["version"]) == ("2500", "2", "3")
+    assert fields["nextRunAt"] == naive(clock.now + 10)
+
+
+def test_a_failed_dispatch_publishes_nothing_and_records_the_error(
+    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+) -> None:
+    sim.add_schedule("sync", "crm.sync", every_s=5, queue="crm")
+    clock.advance(6)
+    (failed,) = sim.beat_tick(failing={"sync": "SocketException"})
+    assert (failed.envelope, failed.error) == (None, "SocketException: publish failed")
+    assert failed.drift_s == pytest.approx(1)
+    assert not client.exists("stem:stream:crm")
+    ((_, entry),) = xrange(client, "stem:schedule:sync:history")
+    assert entry == {"scheduledAt": dart_iso(clock.now - 1), "executedAt": naive(clock.now),
+                     "success": "false", "durationMs": "",
+                     "error": "SocketException: publish failed"}
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:sync"))
+    assert (fields["lastError"], fields["lastErrorAt"], fields["lastSuccessAt"]) == (
+        "SocketException: publish failed", naive(clock.now), "")
+    assert (fields["driftMs"], fields["totalRunCount"]) == ("1000", "1")
+    clock.advance(5)
+    (recovered,) = sim.beat_tick()
+    assert recovered.error is None
+    fields = cast(dict[str, str], client.hgetall("stem:schedule:sync"))
+    assert (fields["lastError"], fields["lastSuccessAt"]) == ("", naive(clock.now))
+    assert fields["lastErrorAt"] == naive(clock.now - 5)  # kept from the failure
+
+
+def test_a_held_claim_or_lock_skips_the_dispatch(
+    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+) -> None:
+    sim.add_schedule("once", "t", every_s=1)
+    clock.advance(1)
+    client.set("stem:lock:stem:schedule:once", "other-beat", px=SCHEDULE_LOCK_TTL_MS)
+    assert sim.beat_tick() == []  # another Beat holds the lock store's lock
+    ttl = client.pttl("stem:schedule:once:lock")  # the store's claim stays until it expires
+    assert isinstance(ttl, int)
+    assert 0 < ttl <= SCHEDULE_LOCK_TTL_MS
+    assert sim.beat_tick() == []  # and keeps other Beats out meanwhile
+    client.delete("stem:schedule:once:lock", "stem:lock:stem:schedule:once")
+    client.hset("stem:schedule:once", "enabled", "false")
+    assert sim.beat_tick() == []  # disabled: claimed, then released
+    assert client.exists("stem:schedule:once:lock") == 0
+    assert not client.exists("stem:schedule:once:history")
+    assert client.get("stem:lock:stem:schedule:once") is None
+
+
+def test_the_watcher_reads_beats_history_as_dispatches_with_drift(
+    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+) -> None:
+    events: list[ev.Event] = []
+    errors: list[ParseError] = []
+    tracker = ScheduleTracker(client, StemKeys(), events.append, errors.append)
+    sim.add_schedule("ok", "a.task", every_s=2, queue="qa")
+    sim.add_schedule("bad", "b.task", every_s=2, queue="qb")
+    tracker.poll(prime=True)
+    clock.advance(2)
+    sim.beat_tick(failing={"bad": "StateError"})
+    clock.advance(3)  # "ok" one second late, "bad" failing again
+    sim.beat_tick(failing={"bad": "StateError"})
+    assert tracker.poll() == 4
+    dispatched = [e for e in events if isinstance(e, ev.ScheduleEntryDispatched)]
+    failed = [e for e in events if isinstance(e, ev.ScheduleEntryFailed)]
+    assert (len(events), errors) == (4, [])
+    assert [(e.entry_id, e.task_name, e.queue) for e in dispatched] == [("ok", "a.task", "qa")] * 2
+    assert [e.drift_s for e in dispatched] == [pytest.approx(0), pytest.approx(1)]
+    assert [(e.entry_id, e.error_type, e.error_message) for e in failed] == [
+        ("bad", "StateError", "publish failed")] * 2
+    assert [e.occurred_at for e in dispatched] == [clock.now - 3, clock.now]
