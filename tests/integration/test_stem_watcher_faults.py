@@ -219,5 +219,9 @@ def test_beat_history_becomes_schedule_signals_with_drift(client: redis.Redis, s
     assert dispatched.drift_s == pytest.approx(1.5, abs=0.01)
     (failed,) = seen.of(ev.ScheduleEntryFailed)
     assert (failed.error_type, failed.error_message) == ("StateError", "broker down")
+    due = seen.of(ev.ScheduleEntryDue)  # each history entry was due before its outcome
+    assert [(d.entry_id, d.tick_at) for d in due] == [
+        ("nightly", pytest.approx(now - 60, abs=0.01)), ("nightly", pytest.approx(now, abs=0.01))]
     watcher.poll_once()
     assert len(seen.of(ev.ScheduleEntryDispatched)) == 1  # nothing twice
+    assert len(seen.of(ev.ScheduleEntryDue)) == 2

@@ -1,10 +1,16 @@
-"""Stem Beat's schedule history -> ``schedule-entry-dispatched`` / ``schedule-entry-failed``.
+"""Stem Beat's schedule history -> ``schedule-entry-due``, then ``schedule-entry-dispatched`` /
+``schedule-entry-failed``.
 
 After each dispatch Beat appends to ``<ns>:schedule:<id>:history`` (a stream trimmed to about
 1,000 entries) the fields ``scheduledAt``, ``executedAt``, ``success``, ``durationMs`` and
 ``error`` (reference §3.10). Each poll reads, per schedule listed in ``<ns>:schedule:index``,
 the history entries after the last one seen, in one pipelined round trip; the drift of a
 dispatch is ``executedAt - scheduledAt``. The first poll only notes where each history ends.
+
+Beat writes a history entry for every entry it found due and tried to dispatch, so each one
+is sent as ``schedule-entry-due`` (at ``scheduledAt``) followed by its outcome: due counts
+equal dispatched plus failed. Entries Beat never got to (Beat down) leave no history and
+show as missing dispatches, not as due.
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ class ScheduleTracker:
         if executed is None:
             self._on_parse_error(ParseError("schedule_history", "entry has no executedAt"))
             return False
+        self._emit(ev.ScheduleEntryDue(
+            occurred_at=executed if scheduled is None else scheduled, entry_id=entry_id,
+            task_name=task_name, queue=queue, tick_at=scheduled,
+        ))
         if fields.get("success", "true").lower() == "true":
             self._emit(ev.ScheduleEntryDispatched(
                 occurred_at=executed, entry_id=entry_id, task_name=task_name, queue=queue,
