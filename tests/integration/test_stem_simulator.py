@@ -766,7 +766,8 @@ def test_the_watcher_reads_beats_history_as_dispatches_with_drift(
     assert tracker.poll() == 4
     dispatched = [e for e in events if isinstance(e, ev.ScheduleEntryDispatched)]
     failed = [e for e in events if isinstance(e, ev.ScheduleEntryFailed)]
-    assert (len(events), errors) == (4, [])
+    due = [e for e in events if isinstance(e, ev.ScheduleEntryDue)]
+    assert (len(events), len(due), errors) == (8, 4, [])  # each entry: due, then its outcome
     assert [(e.entry_id, e.task_name, e.queue) for e in dispatched] == [("ok", "a.task", "qa")] * 2
     assert [e.drift_s for e in dispatched] == [pytest.approx(0), pytest.approx(1)]
     assert [(e.entry_id, e.error_type, e.error_message) for e in failed] == [
