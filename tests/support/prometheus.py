@@ -69,8 +69,9 @@ class _Server:
             except httpx.TransportError:
                 pass
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self._process.returncode}:\n{self.log()}")
+                returncode = self._process.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {returncode}:\n{self.log()}")
             if time.monotonic() >= deadline:
                 self.stop()
                 raise RuntimeError(f"{self.name} was not ready within {timeout_s}s:\n{self.log()}")
