@@ -104,7 +104,8 @@ CASES: list[tuple[ev.Event, Changes]] = [
         ("stem_scheduler_drift_seconds_count", S, 1),
         ("stem_scheduler_drift_seconds_sum", S, 0.3),
         *(("stem_scheduler_drift_seconds_bucket", {**S, "le": le}, 1)
-          for le in ("0.5", "1.0", "5.0", "15.0", "60.0", "300.0", "+Inf")))),
+          for le in ("0.5", "1.0", "5.0", "15.0", "30.0", "60.0", "90.0", "120.0", "300.0",
+                     "900.0", "+Inf")))),
     (ev.ScheduleEntryFailed(entry_id="nightly"),
      changes(("stem_scheduler_dispatch_failed_total", S, 1))),
 ]
