@@ -4,24 +4,40 @@
 ``alerts/prometheus/tests/`` make every alert fire and stay quiet), ``amtool check-config``
 and ``amtool template render`` on the Alertmanager example; then what the tools cannot know:
 every alert is labelled, annotated, linked to its runbook section and to one of the shipped
-dashboards, tested both ways, and reads only metrics the bridge defines.
+dashboards, tested both ways, and reads only metrics the bridge defines. Two things need
+the real servers: a real ``prometheus`` loading the rules onto three hours of history (what
+``promtool test rules``, which evaluates rules from the first sample on, cannot show), and
+a real ``prometheus-alertmanager`` running the example, whose inhibition and grouping must
+keep deployments apart. The tools are required: ``scripts/test.sh`` installs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import pytest
+import redis
 import yaml
 
+from stem_observe.demo import TaskType
+from stem_observe.demo_stem import StemWorkload
 from stem_observe.sinks._instruments import STEM_PROFILE
 from tests.support.dashboards import metric_names
+from tests.support.process import Running
+from tests.support.prometheus import Alertmanager, Prometheus
+from tests.support.recording_server import RecordingServer
+from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_for
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 RULES_DIR: Final = ROOT / "alerts" / "prometheus"
@@ -54,9 +70,10 @@ Rule = dict[str, Any]
 
 
 def tool(name: str) -> str:
+    """The path of a required tool: missing, the test fails (it must not pass unproven)."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (scripts/test.sh installs it with apt-get)")
+        pytest.fail(f"{name} is not installed; scripts/test.sh installs it with apt-get")
     return path
 
 
@@ -139,15 +156,18 @@ def test_amtool_checks_the_alertmanager_example() -> None:
 
 def test_the_notification_templates_render(tmp_path: Path) -> None:
     """The Slack and PagerDuty templates, rendered by Alertmanager's own template engine
-    for a group of two alerts, name the alert, queue, summary, runbook and dashboard."""
+    for a group of two alerts, name the alert, deployment, queue, summary, runbook and
+    dashboard."""
     amtool = tool("amtool")
     rule = alerts()["StemDeadLetterGrowth"]
     base = {"alertname": "StemDeadLetterGrowth", "severity": "warning",
-            "task": "payments.charge", "reason": "max-retries-exhausted"}
+            "job": "stem-observe-prod", "task": "payments.charge",
+            "reason": "max-retries-exhausted"}
     group = {
         "receiver": "slack", "status": "firing", "externalURL": "http://alertmanager:9093",
-        "groupLabels": {"alertname": "StemDeadLetterGrowth"},
-        "commonLabels": {"alertname": "StemDeadLetterGrowth", "severity": "warning"},
+        "groupLabels": {"alertname": "StemDeadLetterGrowth", "job": "stem-observe-prod"},
+        "commonLabels": {"alertname": "StemDeadLetterGrowth", "severity": "warning",
+                         "job": "stem-observe-prod"},
         "commonAnnotations": {},
         "alerts": [
             {"status": "firing", "labels": {**base, "queue": queue},
@@ -170,7 +190,9 @@ def test_the_notification_templates_render(tmp_path: Path) -> None:
                    f'--template.text={{{{ template "{name}" . }}}}',
                    f"--template.data={data}").stdout
 
-    assert "StemDeadLetterGrowth" in render("stem.slack.title")
+    title = render("stem.slack.title")
+    assert "StemDeadLetterGrowth" in title
+    assert "(stem-observe-prod)" in title
     text = render("stem.slack.text")
     for queue in ("payments", "refunds"):
         assert f"queue `{queue}`" in text
@@ -178,7 +200,7 @@ def test_the_notification_templates_render(tmp_path: Path) -> None:
         assert f"<http://localhost:3000/d/stem-queues?var-queue={queue}|Dashboard>" in text
     assert f"<{RUNBOOK_URL}stemdeadlettergrowth|Runbook>" in text
     assert render("stem.pagerduty.severity").strip() == "warning"
-    assert "StemDeadLetterGrowth" in render("stem.pagerduty.description")
+    assert "StemDeadLetterGrowth (stem-observe-prod)" in render("stem.pagerduty.description")
     assert RUNBOOK_URL + "stemdeadlettergrowth" in render("stem.pagerduty.details")
 
 
@@ -296,3 +318,315 @@ def test_alertmanager_routes_critical_to_pagerduty_and_everything_to_slack() -> 
         for matcher in names:
             for alertname in re.findall(r"Stem\w+", matcher):
                 assert alertname in alerts(), f"inhibit rule names unknown alert {alertname}"
+    assert {"alertname", "job", "namespace"} <= set(route["group_by"])
+
+
+# ----------------------------------------------------------------------------- a real Prometheus
+
+
+def openmetrics_history(end: float, series: Mapping[str, Any], *, hours: float = 3,
+                        step_s: int = 15) -> str:
+    """OpenMetrics text with timestamps: each ``series`` ("family{labels}" with its type)
+    sampled every ``step_s`` over the ``hours`` before ``end`` from a function of the
+    minutes before ``end`` (None: no sample)."""
+    lines = []
+    for family, (kind, by_series) in series.items():
+        lines.append(f"# TYPE {family} {kind}")
+        suffix = "_total" if kind == "counter" else ""
+        for labels, value_at in by_series.items():
+            for index in range(int(hours * 3600 / step_s), -1, -1):
+                minutes_before = index * step_s / 60
+                value = value_at(minutes_before)
+                if value is not None:
+                    lines.append(f"{family}{suffix}{{{labels}}} {value} "
+                                 f"{end - index * step_s:.3f}")
+    return "\n".join([*lines, "# EOF", ""])
+
+
+def test_the_retry_baseline_is_there_as_soon_as_the_rules_are_loaded(tmp_path: Path) -> None:
+    """Prometheus has three hours of a bridge's counters when the rules are first loaded:
+    StemRetrySpike compares with the queues' history at once. A queue that retries as it
+    always did stays quiet, a queue whose retries jumped is a spike, and a queue whose
+    first retries came three minutes ago (while Prometheus was scraping) has no history
+    and fires on the minimum count alone."""
+    promtool = tool("promtool")
+    end = time.time()
+    bridge = 'job="stem-observe",instance="bridge:9464"'
+
+    def steady(per_minute: float) -> Any:
+        return lambda minutes_before: 10_000 + per_minute * (180 - minutes_before)
+
+    def jumped(minutes_before: float) -> float:  # 2 a minute, 20 a minute for 4 minutes
+        if minutes_before > 4:
+            return 2 * (180 - minutes_before)
+        return 2 * 176 + 20 * (4 - minutes_before)
+
+    def new(minutes_before: float) -> float | None:  # 10 a minute from 3 minutes ago
+        return None if minutes_before > 3 else 1 + 10 * (3 - minutes_before)
+
+    history = openmetrics_history(end, {
+        "up": ("gauge", {bridge: lambda _: 1}),
+        "process_start_time_seconds": ("gauge", {bridge: lambda _: end - 86_400}),
+        "stem_tasks_retried": ("counter", {
+            f'{bridge},task="emails.send",queue="emails"': steady(6),
+            f'{bridge},task="reports.build",queue="reports"': jumped,
+            f'{bridge},task="imports.run",queue="imports"': new,
+        }),
+    })
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    (tmp_path / "history.om").write_text(history)
+    run(promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "history.om"),
+        str(workdir / "data"))
+    rule_files = []
+    for path in RULE_FILES:
+        copy = workdir / path.name
+        copy.write_text(path.read_text(encoding="utf-8"))
+        rule_files.append(copy)
+
+    with Prometheus(workdir, targets=[], rule_files=rule_files) as prometheus:
+        def spiking() -> set[str] | None:
+            queues = {alert["labels"]["queue"] for alert in prometheus.alerts()
+                      if alert["labels"]["alertname"] == "StemRetrySpike"}
+            return queues if {"reports", "imports"} <= queues else None
+
+        queues = wait_for(spiking, timeout_s=30, interval_s=0.2,
+                          message="StemRetrySpike pending for reports and imports")
+        # Evaluated together with the others, from the same data.
+        assert queues == {"reports", "imports"}, "emails retries as it always did"
+        baseline = {sample["metric"]["queue"]: float(sample["value"][1]) * 300
+                    for sample in prometheus.query("queue:stem_tasks_retried:rate1h")}
+        assert baseline["emails"] == pytest.approx(30, rel=0.02)
+        assert baseline["reports"] == pytest.approx(10, rel=0.1)
+        assert "imports" not in baseline
+
+
+@pytest.mark.timeout(120)
+def test_serve_replicas_on_one_deployment_count_each_task_once(tmp_path: Path) -> None:
+    """Two real ``serve`` processes watch the same Stem deployment (as in the --state-redis
+    setup): each counts every task. Prometheus scrapes both; the recording rules count the
+    tasks once (the replicas' `max`), where a plain sum over instances counts them twice."""
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(tmp_path / "redis")
+    with contextlib.ExitStack() as cleanup:
+        redis_server.start()
+        cleanup.callback(redis_server.stop)
+        client = redis.Redis.from_url(redis_server.url)
+        cleanup.callback(client.close)
+        workload = StemWorkload(client, (TaskType("emails.send", "emails", 1, 0.01),),
+                                rate=20, workers=2, seed=5, schedules=(),
+                                heartbeat_interval_s=1.0).start()
+        cleanup.callback(workload.close)
+        replicas = []
+        for name in ("serve-a", "serve-b"):
+            replica = Running(
+                ["serve", "--broker", redis_server.url, "--state-redis", redis_server.url,
+                 "--notifications", "enable", "--poll-interval", "0.5s",
+                 "--discover-interval", "1s", "--heartbeat-interval", "1s", "--port", "0"],
+                tmp_path, name=name)
+            cleanup.callback(replica.stop)
+            replicas.append(replica)
+        targets = [replica.base_url().removeprefix("http://") for replica in replicas]
+        workdir = tmp_path / "prometheus"
+        workdir.mkdir()
+        recording = workdir / "recording.yml"
+        recording.write_text((RULES_DIR / "recording.yml").read_text(encoding="utf-8"))
+        prometheus = Prometheus(workdir, targets=targets, rule_files=[recording]).start()
+        cleanup.callback(prometheus.stop)
+
+        def recorded() -> tuple[float, float] | None:
+            """The recorded rate and its evaluation time, once both replicas have counted
+            the queue's tasks for 10 scrapes."""
+            scraped = prometheus.query(
+                'count_over_time(stem_tasks_started_total{queue="emails"}[5m]) >= 10')
+            samples = prometheus.query('queue:stem_tasks_started:rate5m{queue="emails"}')
+            if len(scraped) < 2 or not samples:
+                return None
+            at, value = samples[0]["value"]
+            return float(at), float(value)
+
+        at, value = wait_for(recorded, timeout_s=60, interval_s=0.5,
+                             message="both replicas scraped 10 times and the rate recorded")
+
+        def at_time(expr: str) -> float:
+            result = prometheus.get("/api/v1/query", query=expr, time=at)["result"]
+            assert len(result) == 1, (expr, result)
+            return float(result[0]["value"][1])
+
+        started = 'rate(stem_tasks_started_total{queue="emails"}[5m])'
+        each = at_time(f"max({started})")
+        summed = at_time(f"sum({started})")
+        assert summed > 1.6 * each, "both replicas count every task"
+        # Once, not twice (samples scraped during the rule's evaluation make up the rest).
+        assert value < 0.6 * summed
+        assert value == pytest.approx(each, rel=0.1)
+
+
+# ----------------------------------------------------------------------------- a real Alertmanager
+
+
+def example_alertmanager_config(workdir: Path, receiver_url: str) -> str:
+    """The shipped example as it is, with its secret files filled (the Slack webhook and
+    PagerDuty's URL pointing at ``receiver_url``) and its templates found where they ship."""
+    config = load(ALERTMANAGER)
+    secrets = workdir / "secrets"
+    secrets.mkdir(parents=True)
+    webhook = secrets / "slack-webhook-url"
+    webhook.write_text(f"{receiver_url}/slack\n")
+    key = secrets / "pagerduty-routing-key"
+    key.write_text("rules-test-routing-key\n")
+    config["global"]["slack_api_url_file"] = str(webhook)
+    config["global"]["pagerduty_url"] = f"{receiver_url}/pagerduty"
+    for receiver in config["receivers"]:
+        for pagerduty in receiver.get("pagerduty_configs") or []:
+            pagerduty["routing_key_file"] = str(key)
+    config["templates"] = [str(ALERTMANAGER.parent / template)
+                           for template in config["templates"]]
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+PROD: Final = {"job": "stem-observe-prod"}
+STAGING: Final = {"job": "stem-observe-staging"}
+#: Two Prometheus servers with the same job name, told apart by their external label.
+EU: Final = {"cluster": "eu", "job": "stem-observe"}
+US: Final = {"cluster": "us", "job": "stem-observe"}
+
+#: What is held back, by what: (source, target) names of INHIBITION_ALERTS; targets not
+#: named here must stay active.
+INHIBITIONS: Final = {
+    "queue stalled, prod": "no worker up, prod",
+    "worker stale, prod bridge-2": "bridge-2 down, prod",
+    "backlog, prod bridge-2": "bridge-2 down, prod",
+    "worker stale, prod bridge-3": "bridge-3 lost the fleet Redis, prod",
+    "backlog, prod bridge-4": "bridge-4 lost the Stem Redis, prod",
+    "queue stalled, eu": "no worker up, eu",
+}
+INHIBITION_ALERTS: Final[dict[str, dict[str, str]]] = {
+    # Sources.
+    "no worker up, prod": {"alertname": "StemWorkerDown", "severity": "critical", **PROD,
+                           "instance": "bridge:9464", "namespace": "stem"},
+    "bridge-2 down, prod": {"alertname": "StemObserveDown", "severity": "critical", **PROD,
+                            "instance": "bridge-2:9464"},
+    "bridge-3 lost the fleet Redis, prod": {
+        "alertname": "StemObserveSidecarRedisDown", "severity": "critical", **PROD,
+        "instance": "bridge-3:9464", "redis": "fleet"},
+    "bridge-4 lost the Stem Redis, prod": {
+        "alertname": "StemObserveSidecarRedisDown", "severity": "critical", **PROD,
+        "instance": "bridge-4:9464", "redis": "stem"},
+    "no worker up, eu": {"alertname": "StemWorkerDown", "severity": "critical", **EU,
+                         "instance": "bridge:9464", "namespace": "stem"},
+    # Targets: Stem's default namespace everywhere, the same instance names.
+    "queue stalled, prod": {"alertname": "StemQueueStalled", "severity": "critical", **PROD,
+                            "instance": "bridge:9464", "namespace": "stem", "queue": "emails"},
+    "queue stalled, staging": {"alertname": "StemQueueStalled", "severity": "critical",
+                               **STAGING, "instance": "bridge:9464", "namespace": "stem",
+                               "queue": "emails"},
+    "worker stale, prod bridge-2": {
+        "alertname": "StemWorkerHeartbeatStale", "severity": "warning", **PROD,
+        "instance": "bridge-2:9464", "namespace": "billing", "worker": "w-2"},
+    "worker stale, staging bridge-2": {
+        "alertname": "StemWorkerHeartbeatStale", "severity": "warning", **STAGING,
+        "instance": "bridge-2:9464", "namespace": "billing", "worker": "w-2"},
+    "backlog, prod bridge-2": {"alertname": "StemBacklogHigh", "severity": "warning", **PROD,
+                               "instance": "bridge-2:9464", "namespace": "billing",
+                               "queue": "invoices"},
+    "worker stale, prod bridge-5": {
+        "alertname": "StemWorkerHeartbeatStale", "severity": "warning", **PROD,
+        "instance": "bridge-5:9464", "namespace": "billing", "worker": "w-5"},
+    "backlog, prod bridge-3": {"alertname": "StemBacklogHigh", "severity": "warning", **PROD,
+                               "instance": "bridge-3:9464", "namespace": "batch",
+                               "queue": "reports"},
+    "worker stale, prod bridge-3": {
+        "alertname": "StemWorkerHeartbeatStale", "severity": "warning", **PROD,
+        "instance": "bridge-3:9464", "namespace": "batch", "worker": "w-3"},
+    "backlog, prod bridge-4": {"alertname": "StemBacklogHigh", "severity": "warning", **PROD,
+                               "instance": "bridge-4:9464", "namespace": "media",
+                               "queue": "media"},
+    "retry spike, prod": {"alertname": "StemRetrySpike", "severity": "warning", **PROD,
+                          "queue": "emails"},
+    "queue stalled, eu": {"alertname": "StemQueueStalled", "severity": "critical", **EU,
+                          "instance": "bridge:9464", "namespace": "stem", "queue": "emails"},
+    "queue stalled, us": {"alertname": "StemQueueStalled", "severity": "critical", **US,
+                          "instance": "bridge:9464", "namespace": "stem", "queue": "emails"},
+}
+
+
+def test_alertmanager_inhibits_within_one_deployment_and_groups_deployments_apart(
+    tmp_path: Path,
+) -> None:
+    """The example's inhibition rules, run by Alertmanager itself: each source holds back
+    the alerts of its own bridge or namespace, never those of another deployment (another
+    job, or another Prometheus' `cluster`) that has the same namespace and instance names;
+    and no notification group mixes two deployments."""
+    tool("amtool")  # the Alertmanager package
+    now = datetime.now(UTC)
+    posted = [{"labels": labels, "annotations": {"summary": name},
+               "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat(),
+               "generatorURL": "http://prometheus:9090/graph"}
+              for name, labels in INHIBITION_ALERTS.items()]
+
+    def name_of(alert: Mapping[str, Any]) -> str:
+        for name, labels in INHIBITION_ALERTS.items():
+            if alert["labels"] == labels:
+                return name
+        raise AssertionError(f"an alert nobody posted: {alert['labels']}")
+
+    with RecordingServer() as receiver:
+        workdir = tmp_path / "alertmanager"
+        workdir.mkdir()
+        config = example_alertmanager_config(workdir, receiver.url)
+        with Alertmanager(workdir, config) as alertmanager:
+            response = httpx.post(f"{alertmanager.url}/api/v2/alerts", json=posted, timeout=10)
+            assert response.status_code == 200, response.text
+
+            def wrong_statuses() -> list[str]:
+                held = {name_of(alert): alert for alert in alertmanager.alerts()}
+                missing = [f"{name}: not held" for name in INHIBITION_ALERTS
+                           if name not in held]
+                fingerprints = {name: alert["fingerprint"] for name, alert in held.items()}
+                found = []
+                for name, alert in held.items():
+                    status = alert["status"]
+                    expected = INHIBITIONS.get(name)
+                    by = sorted(name_of(other) for other in held.values()
+                                if other["fingerprint"] in status["inhibitedBy"])
+                    if expected is None and status["inhibitedBy"]:
+                        found.append(f"{name}: held back by {by}")
+                    if expected is not None and (
+                            status["inhibitedBy"] != [fingerprints.get(expected)]):
+                        found.append(f"{name}: held back by {by}, not by {expected!r}")
+                    if status["state"] != ("suppressed" if expected else "active"):
+                        found.append(f"{name}: {status['state']}")
+                return missing + found
+
+            # Alertmanager takes in the sources asynchronously: wait (with a deadline) until
+            # what it reports is right, and report what is wrong at the deadline.
+            deadline = time.monotonic() + 20
+            while (wrong := wrong_statuses()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not wrong, "\n".join(wrong)
+
+            def grouped() -> list[dict[str, Any]] | None:
+                groups: list[dict[str, Any]] = alertmanager.get("/api/v2/alerts/groups")
+                slack = sum(len(group["alerts"]) for group in groups
+                            if group["receiver"]["name"] == "slack")
+                return groups if slack == len(INHIBITION_ALERTS) else None
+
+            groups = wait_for(grouped, timeout_s=20, interval_s=0.1,
+                              message="every alert in a Slack group")
+            problems = []
+            group_of: dict[tuple[str, str], int] = {}
+            for index, group in enumerate(groups):
+                members = [name_of(alert) for alert in group["alerts"]]
+                deployments = {(INHIBITION_ALERTS[name].get("cluster", ""),
+                                INHIBITION_ALERTS[name]["job"]) for name in members}
+                if len(deployments) != 1:
+                    problems.append(f"group {group['labels']} mixes {sorted(deployments)}: "
+                                    f"{members}")
+                for name in members:
+                    group_of[(group["receiver"]["name"], name)] = index
+            assert not problems, "\n".join(problems)
+            for receiver_name in ("slack", "pagerduty"):
+                for one, other in (("queue stalled, prod", "queue stalled, staging"),
+                                   ("queue stalled, eu", "queue stalled, us")):
+                    assert group_of[(receiver_name, one)] != group_of[(receiver_name, other)]
