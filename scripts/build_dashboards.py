@@ -41,7 +41,6 @@ from dashboard_kit import (
     dashboard,
     firing_alerts,
     heatmap,
-    increase,
     or_zero,
     quantile,
     quantiles,
@@ -52,6 +51,7 @@ from dashboard_kit import (
     target,
     text,
     timeseries,
+    total_in_range,
 )
 
 DASHBOARD_DIR: Final = Path(__file__).resolve().parent.parent / "dashboards"
@@ -65,7 +65,7 @@ def overview() -> Json:
         "Throughput, outcomes, task duration with exemplars, backlog and workers of a Stem "
         "deployment, from stem-observe's metrics and the recording rules in alerts/prometheus.",
         variables=[NAMESPACE, QUEUE, TRACE_URL],
-        annotations=[firing_alerts("Stem.*", "queue", "namespace")],
+        annotations=[firing_alerts("Stem.*", QUEUE, NAMESPACE)],
         sections=[
             Section(None)
             .add(stat("Tasks started", "Executions started per second, selected queues.",
@@ -77,7 +77,7 @@ def overview() -> Json:
                                                  (FAILURE_RATIO_THRESHOLD, "red")]), 4, 4)
             .add(stat("Dead letters in range", "Tasks moved to a dead-letter queue in the "
                       "time range.",
-                      or_zero(f"sum({increase('stem_tasks_dead_lettered_total', Q)})"),
+                      or_zero(total_in_range('stem_tasks_dead_lettered_total', Q)),
                       steps=[(1, "red")], in_range=True), 4, 4)
             .add(stat("Backlog", "Messages waiting to be delivered, selected queues.",
                       f"sum({sel('stem_queue_depth', NQ)})"), 4, 4)
@@ -102,8 +102,9 @@ def overview() -> Json:
                             unit=PER_S, links=QUEUE_LINKS), 8)
             .add(timeseries(
                 "Retries by queue, against the 1h baseline", "Attempts that failed and were "
-                "retried, per second over 5m; dashed: the queue's rate over the last hour, "
-                "the baseline StemRetrySpike compares against.",
+                "retried, per second over 5m; dashed: the queue's average rate over the hour "
+                "before the last 5 minutes, the baseline StemRetrySpike compares against (none "
+                "until Prometheus holds retry counters from before the last 5 minutes).",
                 [target(sel("queue:stem_tasks_retried:rate5m", Q), "{{queue}}"),
                  target(sel("queue:stem_tasks_retried:rate1h", Q), "{{queue}} 1h baseline")],
                 unit=PER_S, links=QUEUE_LINKS, dashed=".* 1h baseline"), 8)
@@ -156,7 +157,7 @@ def task() -> Json:
 
     def in_range(title: str, metric: str, what: str) -> Json:
         return stat(title, f"{what} in the time range.",
-                    or_zero(f"sum({increase(metric, TQ)})"), steps=[(1, "red")],
+                    or_zero(total_in_range(metric, TQ)), steps=[(1, "red")],
                     in_range=True)
 
     return dashboard(
@@ -164,7 +165,7 @@ def task() -> Json:
         "One task: rates by outcome, duration and queue wait with exemplars, failures by "
         "error type, dead letters by reason, retries.",
         variables=[QUEUE, TASK, TRACE_URL],
-        annotations=[firing_alerts("Stem.*", "queue", "task")],
+        annotations=[firing_alerts("Stem.*", QUEUE, TASK)],
         sections=[
             Section(None)
             .add(stat("Started", "Executions started per second.",
@@ -220,13 +221,13 @@ def task() -> Json:
                                     f"({rate('stem_tasks_dead_lettered_total', TQ)})",
                                     "{{reason}}", exemplar=True)], unit=PER_S))
             .add(table("Failures by error type in range", "Final failures in the time range.",
-                       [("Failures", "sort_desc(sum by (queue, error_type) "
-                         f"({increase('stem_task_failures_by_error_total', TQ)}))")],
+                       [("Failures", "sort_desc(" + total_in_range(
+                           "stem_task_failures_by_error_total", TQ, "queue, error_type") + ")")],
                        ["queue", "error_type"]))
             .add(table("Dead letters by reason in range", "Dead letters in the time range; "
                        "`stem-observe dlq list --queue QUEUE` lists them.",
-                       [("Dead letters", "sort_desc(sum by (queue, reason) "
-                         f"({increase('stem_tasks_dead_lettered_total', TQ)}))")],
+                       [("Dead letters", "sort_desc(" + total_in_range(
+                           "stem_tasks_dead_lettered_total", TQ, "queue, reason") + ")")],
                        ["queue", "reason"]))
             .add(text("From a point on a graph to the task", TASK_HELP), 24, 5),
         ])
@@ -251,7 +252,7 @@ def queues() -> Json:
         "Backlog, in-flight, delayed and overdue messages, dead-letter queues, queue wait "
         "and failure ratio per queue.",
         variables=[NAMESPACE, QUEUE_BY_DEPTH, TRACE_URL],
-        annotations=[firing_alerts("Stem.*", "queue", "namespace")],
+        annotations=[firing_alerts("Stem.*", QUEUE_BY_DEPTH, NAMESPACE)],
         sections=[
             Section(None)
             .add(stat("Backlog", "Messages waiting to be delivered.",
@@ -338,7 +339,7 @@ def workers() -> Json:
         "Workers up, in flight against concurrency, heartbeat age, and the scheduler's due, "
         "dispatched and failed entries and drift.",
         variables=[NAMESPACE, WORKER],
-        annotations=[firing_alerts("Stem.*", "worker", "namespace")],
+        annotations=[firing_alerts("Stem.*", WORKER, NAMESPACE)],
         sections=[
             Section(None)
             .add(stat("Workers up", "Workers running and heartbeating.",
@@ -414,13 +415,13 @@ def bridge() -> Json:
             Section(None)
             .add(stat("Receiver errors in range", "Exceptions raised by signal receivers "
                       "(the task was not affected).",
-                      or_zero(f"sum({increase('stem_observe_receiver_errors_total')})"),
+                      or_zero(total_in_range('stem_observe_receiver_errors_total')),
                       steps=[(1, "red")], in_range=True), 4, 4)
             .add(stat("Open spans", "Task spans started and not yet ended.",
                       "sum(stem_observe_open_spans)"), 4, 4)
             .add(stat("Watcher reaches Redis", "1 when the Stem watcher's last poll reached "
                       "Redis (lowest of all instances).", "min(stem_observe_stem_redis_up)",
-                      steps=[(1, "green")]), 4, 4)
+                      base="red", steps=[(1, "green")]), 4, 4)
             .add(stat("Keyspace notifications", "1 when status changes arrive by keyspace "
                       "notifications; 0: the periodic scan alone finds them.",
                       "min(stem_observe_stem_keyspace_notifications)"), 4, 4)
@@ -469,8 +470,8 @@ def bridge() -> Json:
                             quantiles("stem_observe_rule_evaluation_seconds"), unit="s"), 6)
             .add(bargauge("Alert states restored in range", "Saved alert states read at "
                           "start-up, by outcome.",
-                          "sum by (outcome) "
-                          f"({increase('stem_observe_alert_states_restored_total')})",
+                          total_in_range("stem_observe_alert_states_restored_total",
+                                         by="outcome"),
                           "{{outcome}}"), 6),
             Section("Notifications")
             .add(timeseries("Notifications by receiver and outcome", "Deliveries per second: "
@@ -479,8 +480,8 @@ def bridge() -> Json:
                                     f"({rate('stem_observe_notifications_total')})",
                                     "{{receiver}} {{outcome}}")], unit=PER_S))
             .add(bargauge("Notifications in range", "Deliveries by receiver and outcome.",
-                          "sum by (receiver, outcome) "
-                          f"({increase('stem_observe_notifications_total')})",
+                          total_in_range("stem_observe_notifications_total",
+                                         by="receiver, outcome"),
                           "{{receiver}} {{outcome}}"))
             .add(timeseries("Notification latency", "From hand-over to a successful delivery, "
                             "retries and waits included.",
@@ -522,7 +523,8 @@ def bridge() -> Json:
             Section("Fleet stream consumer (serve --fleet)", collapsed=True)
             .add(stat("Fleet stream reachable", "1 when the last read of the fleet stream "
                       "reached Redis (lowest of all instances).",
-                      "min(stem_observe_fleet_redis_up)", steps=[(1, "green")]), 6)
+                      "min(stem_observe_fleet_redis_up)", base="red",
+                      steps=[(1, "green")]), 6)
             .add(timeseries("Fleet events by kind", "Events read from the fleet stream and "
                             "emitted, per second.",
                             [target("sum by (kind) "

@@ -21,8 +21,11 @@ WIDTH: Final = 24
 PER_S: Final = "suffix: /s"
 
 # Label matchers. Task-level series have no namespace label; queue and worker gauges do.
+# Multi-value variables (queue, namespace, worker) go in a regex: Grafana regex-escapes each
+# value it puts there, and "All" is `.*`. The task variable is single-value, which Grafana
+# does not regex-escape, so it is matched exactly: a task name with ( [ + or . stays itself.
 Q: Final = 'queue=~"$queue"'
-TQ: Final = 'task=~"$task", queue=~"$queue"'
+TQ: Final = 'task="$task", queue=~"$queue"'
 NQ: Final = 'namespace=~"$namespace", queue=~"$queue"'
 NW: Final = 'namespace=~"$namespace", worker=~"$worker"'
 NS: Final = 'namespace=~"$namespace"'
@@ -36,12 +39,57 @@ def sel(metric: str, matchers: str = "") -> str:
     return f"{metric}{{{matchers}}}" if matchers else metric
 
 
+# Task-level series (labels task, queue, ...) of the Stem watcher are counted in full by every
+# `serve` replica watching the deployment, while fleet consumers and workers' own /metrics
+# each count their share. As in the recording rules (alerts/prometheus/recording.yml), a
+# task series is a watcher's copy when its instance also exports the queue's gauges
+# (stem_queue_depth, which only the Stem watcher exports): copies are taken once (`max`
+# across instances), shares are summed. Labels of each family besides job and instance:
+TASK_SERIES: Final = {
+    "stem_tasks_dead_lettered_total": "task, queue, reason",
+    "stem_task_failures_by_error_total": "task, queue, error_type",
+    "stem_task_duration_seconds_bucket": "le, task, queue",
+    "stem_task_queue_wait_seconds_bucket": "le, task, queue",
+    **{f"stem_tasks_{outcome}_total": "task, queue" for outcome in (
+        "published", "received", "started", "succeeded", "failed", "retried", "revoked")},
+}
+
+
+def once(metric: str, per_series: str, window: str) -> str:
+    """``per_series`` (a function of ``metric``'s series, by series) with the Stem watcher
+    replicas' copies of a task-level series taken once; unchanged for other metrics."""
+    labels = TASK_SERIES.get(metric)
+    if labels is None:
+        return per_series
+    watched = f"on (job, instance, queue) last_over_time(stem_queue_depth[{window}])"
+    return (f"max by (job, {labels}) ({per_series} and {watched}) "
+            f"or ({per_series} unless {watched})")
+
+
 def rate(metric: str, matchers: str = "", window: str = "$__rate_interval") -> str:
-    return f"rate({sel(metric, matchers)}[{window}])"
+    """Per-second rate by series (task-level series once per deployment: :func:`once`)."""
+    return once(metric, f"rate({sel(metric, matchers)}[{window}])", window)
 
 
-def increase(metric: str, matchers: str = "") -> str:
-    return f"increase({sel(metric, matchers)}[$__range])"
+def increase(metric: str, matchers: str = "", window: str = "$__rate_interval") -> str:
+    """Increase by series over ``window`` (task-level series once: :func:`once`)."""
+    return once(metric, f"increase({sel(metric, matchers)}[{window}])", window)
+
+
+def total_in_range(metric: str, matchers: str = "", by: str = "") -> str:
+    """What the counter ``metric`` counted in the dashboard's time range, summed (``by``
+    labels). A counter series is only exported once it has counted something, so its first
+    sample already holds its first events, which ``increase`` cannot see: a series born in
+    the range counts whole instead, as in the rules of alerts/prometheus. The guard keeps the
+    totals of a bridge that ran long before Prometheus first scraped it out of the sum: a
+    series counts whole only if Prometheus scraped its target at the start of the range or
+    the process started within it (the bridge's counters start at zero with the process)."""
+    series = sel(metric, matchers)
+    born = (f"({series} unless {series} offset $__range) and on (job, instance) "
+            "(up offset $__range or time() - process_start_time_seconds < $__range_s)")
+    total = f"sum by ({by}) " if by else "sum"
+    counted = once(metric, f"(({born}) or increase({series}[$__range]))", "$__range")
+    return f"{total}({counted})"
 
 
 def quantile(q: float, histogram: str, matchers: str = "", by: str = "") -> str:
@@ -117,9 +165,11 @@ def _finish(panel_type: str, title: str, description: str, targets: Sequence[Jso
     }
 
 
-def _thresholds(*steps: tuple[float, str]) -> Json:
+def _thresholds(*steps: tuple[float, str], base: str = "green") -> Json:
+    """``base`` below the first step (Grafana's step with value null), then each
+    ``(value, color)`` from its value up."""
     return {"mode": "absolute",
-            "steps": [{"color": "green", "value": None},
+            "steps": [{"color": base, "value": None},
                       *({"color": color, "value": value} for value, color in steps)]}
 
 
@@ -159,9 +209,10 @@ def timeseries(title: str, description: str, targets: Sequence[Json], *, unit: s
 
 
 def stat(title: str, description: str, expr: str, *, unit: str = "short",
-         steps: Sequence[tuple[float, str]] = (), in_range: bool = False,
-         links: Sequence[Json] = ()) -> Json:
-    """``in_range``: an instant query over the dashboard's time range (``$__range``)."""
+         steps: Sequence[tuple[float, str]] = (), base: str = "green",
+         in_range: bool = False, links: Sequence[Json] = ()) -> Json:
+    """``steps`` and ``base``: the value's colours (see :func:`_thresholds`). ``in_range``:
+    an instant query over the dashboard's time range (``$__range``)."""
     options = {
         "colorMode": "value",
         "graphMode": "none" if in_range else "area",
@@ -171,7 +222,7 @@ def stat(title: str, description: str, expr: str, *, unit: str = "short",
         "textMode": "auto",
     }
     defaults = {"color": {"mode": "thresholds"}, "links": list(links),
-                "thresholds": _thresholds(*steps), "unit": unit}
+                "thresholds": _thresholds(*steps, base=base), "unit": unit}
     return _finish("stat", title, description, [target(expr, instant=in_range)],
                    options=options, defaults=defaults)
 
@@ -180,7 +231,7 @@ def table(title: str, description: str, columns: Sequence[tuple[str, str]],
           by: Sequence[str], *, units: Sequence[tuple[str, str]] = ()) -> Json:
     """One row per label set of ``by``, one column per ``(name, expr)``."""
     targets = [target(expr, instant=True, fmt="table") for _, expr in columns]
-    rename = {f"Value #{chr(ord('A') + n)}": name for n, (name, _) in enumerate(columns)}
+    rename = value_columns([name for name, _ in columns])
     order = {name: n for n, name in enumerate([*by, *rename.values()])}
     transformations = [
         {"id": "merge", "options": {}},
@@ -198,6 +249,14 @@ def table(title: str, description: str, columns: Sequence[tuple[str, str]],
                     defaults=defaults, overrides=overrides)
     panel["transformations"] = transformations
     return panel
+
+
+def value_columns(names: Sequence[str]) -> dict[str, str]:
+    """Grafana's name of the value column of each instant table query → ``names``: with one
+    query it is ``Value``, with several ``Value #<refId>``."""
+    if len(names) == 1:
+        return {"Value": names[0]}
+    return {f"Value #{chr(ord('A') + n)}": name for n, name in enumerate(names)}
 
 
 def bargauge(title: str, description: str, expr: str, legend: str) -> Json:
@@ -219,7 +278,7 @@ def bargauge(title: str, description: str, expr: str, legend: str) -> Json:
 
 def heatmap(title: str, description: str, histogram: str, matchers: str) -> Json:
     """Buckets of ``histogram`` over time, with its exemplars."""
-    expr = f"sum by (le) (increase({sel(histogram + '_bucket', matchers)}[$__rate_interval]))"
+    expr = f"sum by (le) ({increase(histogram + '_bucket', matchers)})"
     options = {
         "calculate": False,
         "cellGap": 1,
@@ -323,13 +382,20 @@ BUILTIN_ANNOTATION: Final = {
 }
 
 
-def firing_alerts(alertname: str, *filters: str) -> Json:
-    """Firing Prometheus alerts; each filter is a label with a variable of the same name.
-    ``label=~"$var|"`` also keeps alerts that lack the label (worker alerts on a queue
-    dashboard filtered to one queue)."""
-    matchers = ", ".join(
-        ['alertstate="firing"', f'alertname=~"{alertname}"',
-         *(f'{label}=~"${label}|"' for label in filters)])
+def firing_alerts(alertname: str, *filters: Json) -> Json:
+    """Firing Prometheus alerts; each filter is a variable of the dashboard, matched against
+    the label of the same name. ``label=~"$var|"`` also keeps alerts that lack the label
+    (worker alerts on a queue dashboard filtered to one queue). A single-value variable is
+    not regex-escaped by Grafana: it goes in a raw string in Grafana's ``regex`` format."""
+
+    def matcher(variable: Json) -> str:
+        name = variable["name"]
+        if variable.get("multi") or variable.get("includeAll"):
+            return f'{name}=~"${name}|"'
+        return f"{name}=~`${{{name}:regex}}|`"
+
+    matchers = ", ".join(['alertstate="firing"', f'alertname=~"{alertname}"',
+                          *(matcher(variable) for variable in filters)])
     expr = f"ALERTS{{{matchers}}}"
     return {
         "datasource": DS,

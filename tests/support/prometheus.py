@@ -32,6 +32,29 @@ def _binary(*names: str, package: str) -> str:
     )
 
 
+def promtool() -> str:
+    """The path of ``promtool`` (Prometheus' rule checker and rule test runner)."""
+    return _binary("promtool", package="prometheus")
+
+
+def check_rules(paths: Sequence[Path]) -> str | None:
+    """``promtool check rules`` on ``paths``: ``None`` when it accepts every file, else what
+    it said."""
+    if not paths:
+        return None
+    result = subprocess.run([promtool(), "check", "rules", *map(str, paths)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    return None if result.returncode == 0 else (result.stdout + result.stderr).strip()
+
+
+def run_rule_tests(path: Path) -> str | None:
+    """``promtool test rules`` on the test file ``path``: ``None`` when every test passes,
+    else the failures."""
+    result = subprocess.run([promtool(), "test", "rules", path.name], cwd=path.parent,
+                            capture_output=True, text=True, timeout=60, check=False)
+    return None if result.returncode == 0 else (result.stdout + result.stderr).strip()
+
+
 class _Server:
     """A server process with an HTTP API, ready when ``GET /-/ready`` answers 200."""
 
@@ -138,13 +161,30 @@ class Prometheus(_Server):
             "--rules.alert.resend-delay=1s", "--log.level=warn",
         ]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector (or scalar, as one sample) ``expr`` evaluates to now."""
-        data = self.get("/api/v1/query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector (or scalar, as one sample) ``expr`` evaluates to now (or at
+        the Unix time ``at``)."""
+        params: dict[str, str | float] = {"query": expr}
+        if at is not None:
+            params["time"] = at
+        data = self.get("/api/v1/query", **params)
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         result: list[dict[str, Any]] = data["result"]
         return result
+
+    def series(self, match: str, *, start: float, end: float) -> list[dict[str, str]]:
+        """``/api/v1/series``: the label sets of the series ``match`` selects in the range."""
+        series: list[dict[str, str]] = self.get("/api/v1/series", start=start, end=end,
+                                                **{"match[]": match})
+        return series
+
+    def label_values(self, label: str, match: str, *, start: float, end: float) -> list[str]:
+        """``/api/v1/label/<label>/values`` of the series ``match`` selects in the range:
+        what Grafana's ``label_values(match, label)`` variable query asks."""
+        values: list[str] = self.get(f"/api/v1/label/{label}/values", start=start, end=end,
+                                     **{"match[]": match})
+        return values
 
     def query_exemplars(self, expr: str, *, start: float, end: float) -> list[dict[str, Any]]:
         """``/api/v1/query_exemplars``: series with their exemplars between start and end."""
