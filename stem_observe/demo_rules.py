@@ -18,7 +18,7 @@ rules:
     severity: error
     annotations:
       summary: "{value} tasks dead-lettered on queue {queue} in {window}"
-      runbook_url: https://runbooks.example.com/stem-observe/dead-letters
+      runbook_url: https://github.com/stem-observe/stem-observe/blob/main/docs/runbooks.md#stemdeadlettergrowth
   - name: RetryRateHigh
     kind: rate
     signals: [task-retry]

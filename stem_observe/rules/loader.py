@@ -18,7 +18,7 @@ files), or both::
         labels: {team: platform}
         annotations:
           summary: "Retries on {queue}: {value} in {window}, {factor}x the usual {baseline}"
-          runbook_url: https://runbooks.example.com/stem-observe/retry-spike
+          runbook_url: https://github.com/stem-observe/stem-observe/blob/main/docs/runbooks.md#stemretryspike
     routing:
       receivers:
         - {name: console, kind: console}
