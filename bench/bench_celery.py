@@ -55,7 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -139,16 +139,20 @@ def run_eager(iterations: int, repeats: int, warmup: int,
 # --------------------------------------------------------------------------- worker
 
 
-def run_worker_once(variant: str, tasks: int, redis_url: str, fleet: str | None,
-                    workdir: Path) -> tuple[float, float]:
-    """(wall, CPU) µs per task between the first task's start and the last one's."""
+def publish(redis_url: str, task_name: str, tasks: int) -> tuple[Any, list[str]]:
+    """An emptied broker with ``tasks`` messages of ``task_name``; the producer and the ids."""
     from celery import Celery
 
     producer = Celery("bench-producer", broker=redis_url, backend=redis_url)
     producer.conf.update(task_default_queue="tests", broker_connection_retry_on_startup=True)
     with producer.connection_for_write() as conn:
         conn.default_channel.client.flushdb()
-    ids = [producer.send_task("tests.clocks").id for _ in range(tasks)]
+    return producer, [producer.send_task(task_name).id for _ in range(tasks)]
+
+
+def start_worker(variant: str, redis_url: str, fleet: str | None, log: IO[bytes], *,
+                 wrapper: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """A solo ``celery worker`` with ``variant`` installed (run under ``wrapper``, if any)."""
     env = {
         **os.environ,
         "STEM_OBSERVE_TEST_BROKER_URL": redis_url,
@@ -159,20 +163,26 @@ def run_worker_once(variant: str, tasks: int, redis_url: str, fleet: str | None,
         FLEET_ENV: fleet or "",
         "PYTHONPATH": str(ROOT),
     }
-    log = (workdir / f"worker-{variant}.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker",
+    return subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker",
          "--pool", "solo", "-Q", "tests", "-n", f"bench-{variant}@%h", "--without-gossip",
          "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    try:
-        first_at, first_cpu = producer.AsyncResult(ids[0]).get(timeout=120)
-        last_at, last_cpu = producer.AsyncResult(ids[-1]).get(timeout=300)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        log.close()
+
+
+def run_worker_once(variant: str, tasks: int, redis_url: str, fleet: str | None,
+                    workdir: Path) -> tuple[float, float]:
+    """(wall, CPU) µs per task between the first task's start and the last one's."""
+    producer, ids = publish(redis_url, "tests.clocks", tasks)
+    with (workdir / f"worker-{variant}.log").open("wb") as log:
+        worker = start_worker(variant, redis_url, fleet, log)
+        try:
+            first_at, first_cpu = producer.AsyncResult(ids[0]).get(timeout=120)
+            last_at, last_cpu = producer.AsyncResult(ids[-1]).get(timeout=300)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
     per_task = 1e6 / (tasks - 1)
     return (last_at - first_at) * per_task, (last_cpu - first_cpu) * per_task
 

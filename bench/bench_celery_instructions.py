@@ -41,7 +41,7 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_celery import FLEET_ENV, VARIANT_ENV, VARIANTS, setup_variant  # noqa: E402
+from bench.bench_celery import VARIANTS, publish, setup_variant, start_worker  # noqa: E402
 from bench.bench_lifecycle import make_provider  # noqa: E402
 
 VALGRIND: Final = ("valgrind", "--tool=cachegrind", "--cache-sim=no",
@@ -92,32 +92,10 @@ def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
 
 def worker_refs(variant: str, tasks: int, redis_url: str, fleet: str | None,
                 workdir: Path) -> int:
-    from celery import Celery
-
-    producer = Celery("bench-producer", broker=redis_url, backend=redis_url)
-    producer.conf.update(task_default_queue="tests", broker_connection_retry_on_startup=True)
-    with producer.connection_for_write() as conn:
-        conn.default_channel.client.flushdb()
-    ids = [producer.send_task("tests.now").id for _ in range(tasks)]
-    env = {
-        **os.environ,
-        "STEM_OBSERVE_TEST_BROKER_URL": redis_url,
-        "STEM_OBSERVE_TEST_BACKEND_URL": redis_url,
-        "STEM_OBSERVE_TEST_PLUGIN": "0",
-        "STEM_OBSERVE_TEST_WORKER_SETUP": "bench.bench_celery:worker_setup",
-        VARIANT_ENV: variant,
-        FLEET_ENV: fleet or "",
-        "PYTHONPATH": str(ROOT),
-    }
+    producer, ids = publish(redis_url, "tests.now", tasks)
     log_path = workdir / f"worker-{variant}-{tasks}.log"
     with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [*VALGRIND, sys.executable, "-m", "celery", "-A", "tests.support.celery_app",
-             "worker", "--pool", "solo", "-Q", "tests", "-n", f"bench-{variant}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--loglevel", "WARNING"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(variant, redis_url, fleet, log, wrapper=VALGRIND)
         try:
             producer.AsyncResult(ids[-1]).get(timeout=1800)
         finally:
