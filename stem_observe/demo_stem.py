@@ -37,6 +37,7 @@ from stem_observe.bridge import install, uninstall
 from stem_observe.demo import DEFAULT_TASK_TYPES, SpanSummary, TaskType
 from stem_observe.errors import StemObserveError
 from stem_observe.server import HttpServer, Response, json_response
+from stem_observe.sources.stem.beat_simulator import SimulatedBeat
 from stem_observe.sources.stem.simulator import Delivery, StemSimulator
 from stem_observe.sources.stem.watcher import StemWatcher, WatcherOptions
 
@@ -211,15 +212,15 @@ class StemWorkload:
     def _beat(self) -> None:
         """Beat: each tick dispatches the due entries; a late run waits ``late_s`` more."""
         rng = self._rng(self.workers + 1)
-        simulator = StemSimulator(self.client, rng=rng)
+        beat = SimulatedBeat(StemSimulator(self.client, rng=rng))
         kinds = {s.entry_id: s for s in self.schedules}
         for entry in self.schedules:
-            simulator.add_schedule(entry.entry_id, entry.task_name, queue=entry.queue,
-                                   every_s=entry.every_s)
+            beat.add_schedule(entry.entry_id, entry.task_name, queue=entry.queue,
+                              every_s=entry.every_s)
         hold: dict[str, float] = {}  # entry id -> when this due run is dispatched
         while not self.stop.wait(self.beat_tick_s):
             now = time.time()
-            for entry_id, due_at in simulator.due_schedules():
+            for entry_id, due_at in beat.due_schedules():
                 kind = kinds.get(entry_id)
                 if kind is None:
                     continue
@@ -230,7 +231,7 @@ class StemWorkload:
                     continue
                 del hold[entry_id]
                 error = rng.choice(kind.errors) if rng.random() < kind.fail_rate else None
-                simulator.dispatch_schedule(entry_id, error_type=error)
+                beat.dispatch_schedule(entry_id, error_type=error)
 
 
 def run_stem_demo(

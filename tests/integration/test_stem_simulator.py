@@ -16,13 +16,13 @@ import pytest
 import redis
 
 from stem_observe import events as ev
+from stem_observe.sources.stem.beat_simulator import SCHEDULE_LOCK_TTL_MS, SimulatedBeat
 from stem_observe.sources.stem.inspect import QueueStats, discover_queues, queue_stats
 from stem_observe.sources.stem.keys import StemKeys
 from stem_observe.sources.stem.schedules import ScheduleTracker
 from stem_observe.sources.stem.simulator import (
     HEARTBEAT_TTL_MS,
     RESULT_TTL_MS,
-    SCHEDULE_LOCK_TTL_MS,
     Delivery,
     StemSimulator,
     retry_delay_ms,
@@ -89,6 +89,11 @@ def sim(redis_url: str, clock: FakeClock) -> Iterator[StemSimulator]:
     connection = redis.Redis.from_url(redis_url)
     yield StemSimulator(connection, clock=clock, rng=random.Random(7))
     connection.close()
+
+
+@pytest.fixture
+def beat(sim: StemSimulator) -> SimulatedBeat:
+    return SimulatedBeat(sim)
 
 
 def stats(client: redis.Redis, clock: FakeClock, queue: str = "default",
@@ -632,9 +637,9 @@ def naive(epoch_s: float) -> str:
 
 
 def test_add_schedule_writes_what_upsert_writes(
-    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+    beat: SimulatedBeat, client: redis.Redis, clock: FakeClock,
 ) -> None:
-    sim.add_schedule("nightly", "reports.build", every_s=30, queue="reports",
+    beat.add_schedule("nightly", "reports.build", every_s=30, queue="reports",
                      args={"value": 1}, meta={"source": "test"})
     fields = cast(dict[str, str], client.hgetall("stem:schedule:nightly"))
     assert list(fields) == SCHEDULE_FIELDS  # HSET's order (§3.10)
@@ -650,23 +655,23 @@ def test_add_schedule_writes_what_upsert_writes(
     assert zmembers(client, "stem:schedule:index") == [("nightly", float(round(due * 1000)))]
     entry = parse_schedule("nightly", fields)
     assert (entry.task_name, entry.queue, entry.next_run_at) == ("reports.build", "reports", due)
-    sim.add_schedule("nightly", "reports.build", every_s=60, first_run_at=clock.now + 5)
+    beat.add_schedule("nightly", "reports.build", every_s=60, first_run_at=clock.now + 5)
     fields = cast(dict[str, str], client.hgetall("stem:schedule:nightly"))
     assert (fields["version"], fields["nextRunAt"]) == ("2", dart_iso(clock.now + 5))
     with pytest.raises(ValueError, match="every_s"):
-        sim.add_schedule("bad", "t", every_s=0)
+        beat.add_schedule("bad", "t", every_s=0)
 
 
 def test_beat_dispatches_due_entries_on_time_and_late(
-    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+    beat: SimulatedBeat, client: redis.Redis, clock: FakeClock,
 ) -> None:
-    sim.add_schedule("tick", "clock.tick", every_s=10, queue="beat", meta={"team": "ops"})
+    beat.add_schedule("tick", "clock.tick", every_s=10, queue="beat", meta={"team": "ops"})
     first_due = clock.now + 10
-    assert sim.due_schedules() == []
-    assert sim.beat_tick() == []
+    assert beat.due_schedules() == []
+    assert beat.beat_tick() == []
     clock.advance(10)
-    assert sim.due_schedules() == [("tick", first_due)]
-    (on_time,) = sim.beat_tick()
+    assert beat.due_schedules() == [("tick", first_due)]
+    (on_time,) = beat.beat_tick()
     assert (on_time.entry_id, on_time.scheduled_for, on_time.executed_at, on_time.error) == (
         "tick", first_due, clock.now, None)
     assert on_time.drift_s == 0
@@ -691,7 +696,7 @@ def test_beat_dispatches_due_entries_on_time_and_late(
     assert client.exists("stem:schedule:tick:lock", "stem:lock:stem:schedule:tick") == 0
     # Beat ran 2.5 s late: the next run counts from this execution, not from the due time.
     clock.advance(12.5)
-    (late,) = sim.beat_tick()
+    (late,) = beat.beat_tick()
     assert late.drift_s == pytest.approx(2.5)
     history = xrange(client, "stem:schedule:tick:history")
     assert [list(fields) for _, fields in history] == [HISTORY_FIELDS, HISTORY_FIELDS]
@@ -707,11 +712,11 @@ def test_beat_dispatches_due_entries_on_time_and_late(
 
 
 def test_a_failed_dispatch_publishes_nothing_and_records_the_error(
-    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+    beat: SimulatedBeat, client: redis.Redis, clock: FakeClock,
 ) -> None:
-    sim.add_schedule("sync", "crm.sync", every_s=5, queue="crm")
+    beat.add_schedule("sync", "crm.sync", every_s=5, queue="crm")
     clock.advance(6)
-    (failed,) = sim.beat_tick(failing={"sync": "SocketException"})
+    (failed,) = beat.beat_tick(failing={"sync": "SocketException"})
     assert (failed.envelope, failed.error) == (None, "SocketException: publish failed")
     assert failed.drift_s == pytest.approx(1)
     assert not client.exists("stem:stream:crm")
@@ -724,7 +729,7 @@ def test_a_failed_dispatch_publishes_nothing_and_records_the_error(
         "SocketException: publish failed", naive(clock.now), "")
     assert (fields["driftMs"], fields["totalRunCount"]) == ("1000", "1")
     clock.advance(5)
-    (recovered,) = sim.beat_tick()
+    (recovered,) = beat.beat_tick()
     assert recovered.error is None
     fields = cast(dict[str, str], client.hgetall("stem:schedule:sync"))
     assert (fields["lastError"], fields["lastSuccessAt"]) == ("", naive(clock.now))
@@ -732,37 +737,37 @@ def test_a_failed_dispatch_publishes_nothing_and_records_the_error(
 
 
 def test_a_held_claim_or_lock_skips_the_dispatch(
-    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+    beat: SimulatedBeat, client: redis.Redis, clock: FakeClock,
 ) -> None:
-    sim.add_schedule("once", "t", every_s=1)
+    beat.add_schedule("once", "t", every_s=1)
     clock.advance(1)
     client.set("stem:lock:stem:schedule:once", "other-beat", px=SCHEDULE_LOCK_TTL_MS)
-    assert sim.beat_tick() == []  # another Beat holds the lock store's lock
+    assert beat.beat_tick() == []  # another Beat holds the lock store's lock
     ttl = client.pttl("stem:schedule:once:lock")  # the store's claim stays until it expires
     assert isinstance(ttl, int)
     assert 0 < ttl <= SCHEDULE_LOCK_TTL_MS
-    assert sim.beat_tick() == []  # and keeps other Beats out meanwhile
+    assert beat.beat_tick() == []  # and keeps other Beats out meanwhile
     client.delete("stem:schedule:once:lock", "stem:lock:stem:schedule:once")
     client.hset("stem:schedule:once", "enabled", "false")
-    assert sim.beat_tick() == []  # disabled: claimed, then released
+    assert beat.beat_tick() == []  # disabled: claimed, then released
     assert client.exists("stem:schedule:once:lock") == 0
     assert not client.exists("stem:schedule:once:history")
     assert client.get("stem:lock:stem:schedule:once") is None
 
 
 def test_the_watcher_reads_beats_history_as_dispatches_with_drift(
-    sim: StemSimulator, client: redis.Redis, clock: FakeClock,
+    beat: SimulatedBeat, client: redis.Redis, clock: FakeClock,
 ) -> None:
     events: list[ev.Event] = []
     errors: list[ParseError] = []
     tracker = ScheduleTracker(client, StemKeys(), events.append, errors.append)
-    sim.add_schedule("ok", "a.task", every_s=2, queue="qa")
-    sim.add_schedule("bad", "b.task", every_s=2, queue="qb")
+    beat.add_schedule("ok", "a.task", every_s=2, queue="qa")
+    beat.add_schedule("bad", "b.task", every_s=2, queue="qb")
     tracker.poll(prime=True)
     clock.advance(2)
-    sim.beat_tick(failing={"bad": "StateError"})
+    beat.beat_tick(failing={"bad": "StateError"})
     clock.advance(3)  # "ok" one second late, "bad" failing again
-    sim.beat_tick(failing={"bad": "StateError"})
+    beat.beat_tick(failing={"bad": "StateError"})
     assert tracker.poll() == 4
     dispatched = [e for e in events if isinstance(e, ev.ScheduleEntryDispatched)]
     failed = [e for e in events if isinstance(e, ev.ScheduleEntryFailed)]

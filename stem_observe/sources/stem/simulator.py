@@ -1,14 +1,13 @@
-"""A Stem producer, worker and Beat in Python that write Redis state exactly as Stem does.
+"""A Stem producer and worker in Python that write Redis state exactly as Stem does.
 
 For tests, the benchmark and ``stem-observe demo --stem``: every method issues the Redis
 commands a Dart ``Stem`` producer, ``Worker`` (with ``RedisStreamsBroker`` and
-``RedisResultBackend``) or ``Beat`` (with ``RedisScheduleStore``) issues at the same moment,
+``RedisResultBackend``) issues at the same moment,
 with the same keys, TTLs, JSON shapes and key order. § and V numbers refer to sections and
 vectors of the Stem Redis reference (``stem-redis.md``). Nothing runs in the background: a
 "worker" is whoever calls :meth:`StemSimulator.deliver` and then one outcome method per
-delivery, and "Beat" whoever calls :meth:`StemSimulator.beat_tick`, so tests control every
-step (and the clock, through ``clock``). One module for the three because they share one
-wire (envelopes, streams, keys).
+delivery, so tests control every step (and the clock, through ``clock``). Beat lives in
+:mod:`~stem_observe.sources.stem.beat_simulator`, on top of a simulator.
 
 Where the reference leaves the order of status ``meta`` keys open, the simulator follows
 Stem's ``_statusMeta``: ``{...envelope.meta, ...extra, "__stemResultEncoder": "json"}``.
@@ -43,8 +42,8 @@ from stem_observe.sources.stem.wire import (
     text as _text,
 )
 
-__all__ = ["HEARTBEAT_TTL_MS", "RESULT_TTL_MS", "SCHEDULE_LOCK_TTL_MS", "Delivery", "Dispatch",
-           "StemSimulator", "TaskRun", "retry_delay_ms", "uuid7"]
+__all__ = ["HEARTBEAT_TTL_MS", "RESULT_TTL_MS", "Delivery", "StemSimulator", "TaskRun",
+           "retry_delay_ms", "uuid7"]
 
 RESULT_TTL_MS: Final = 86_400_000  # RedisResultBackend.defaultTtl, 1 day (§3.7.1)
 HEARTBEAT_TTL_MS: Final = 60_000  # RedisResultBackend.heartbeatTtl (§2.6)
@@ -52,11 +51,6 @@ _DRAIN_BATCH: Final = 128  # RedisStreamsBroker.delayedDrainBatch (§3.2.1)
 _RETRY_BASE_MS: Final = 2_000  # ExponentialJitterRetryStrategy (§5.1)
 _RETRY_MAX_MS: Final = 300_000
 _ENCODER: Final = "json"
-SCHEDULE_LOCK_TTL_MS: Final = 5_000  # RedisScheduleStore.lockTtl and Beat's lockTtl (§3.10)
-_HISTORY_MAXLEN: Final = 1_000  # XTRIM <ns>:schedule:<id>:history MAXLEN ~ 1000 (§3.10)
-_DUE_LIMIT: Final = 100  # ScheduleStore.due(now, limit: 100)
-_RELEASE: Final = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                   "return redis.call('DEL', KEYS[1]) end return 0")  # RedisLockStore.release
 _DEFAULT_KEYS: Final = StemKeys()
 
 Outcome = Literal["succeeded", "retried", "dead-lettered", "cancelled"]
@@ -100,22 +94,6 @@ class TaskRun:
     delivery: Delivery
     outcome: Outcome
     others: tuple[Delivery, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """One Beat dispatch of a schedule entry: ``envelope`` is what was published, ``None``
-    when the publish failed with ``error`` (Stem's ``toString()`` of the exception)."""
-
-    entry_id: str
-    scheduled_for: float
-    executed_at: float
-    envelope: Envelope | None
-    error: str | None = None
-
-    @property
-    def drift_s(self) -> float:
-        return self.executed_at - self.scheduled_for
 
 
 @dataclass(slots=True)
@@ -359,155 +337,15 @@ class StemSimulator:
             self.client.sadd(self.keys.heartbeats(), worker_id)
         return beat
 
-    # ------------------------------------------------------------------ Beat
-    def add_schedule(
-        self, entry_id: str, task_name: str, *, every_s: float, queue: str = "default",
-        args: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
-        first_run_at: float | None = None,
-    ) -> None:
-        """``RedisScheduleStore.upsert`` of a new interval entry (§3.10, V8): ``HGET version``,
-        ``MULTI``, ``HSET`` of the 19 fields (no run state, ``version`` + 1), ``ZADD
-        <ns>:schedule:index <nextRunAt ms> <id>``, ``DEL`` the claim lock, ``EXEC`` (Stem's
-        ``WATCH`` writes nothing and is left out). ``nextRunAt``: ``first_run_at`` (epoch
-        seconds), else ``now + every`` in UTC, as upsert computes it."""
-        if every_s <= 0:
-            raise ValueError(f"every_s must be positive, got {every_s!r}")
-        every_ms = round(every_s * 1000)
-        next_run = self._clock() + every_ms / 1000 if first_run_at is None else first_run_at
-        key = self._schedule_key(entry_id)
-        version = _int_or_zero(self.client.hget(key, "version"))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping={
-            "taskName": task_name, "queue": queue,
-            "spec": dumps({"kind": "interval", "everyMs": every_ms}),
-            "args": dumps(dict(args or {})), "kwargs": "{}", "enabled": "true", "jitterMs": "",
-            "lastRunAt": "", "nextRunAt": dart_iso(next_run), "lastJitterMs": "",
-            "lastError": "", "timezone": "", "totalRunCount": "0", "lastSuccessAt": "",
-            "lastErrorAt": "", "driftMs": "", "expireAt": "", "meta": dumps(dict(meta or {})),
-            "version": str(version + 1),
-        })
-        pipe.zadd(self._schedule_index(), {entry_id: _us(next_run) // 1000})
-        pipe.delete(f"{key}:lock")
-        pipe.execute()
-
-    def due_schedules(self) -> list[tuple[str, float]]:
-        """The first step of Beat's tick (``ScheduleStore.due``): ``ZRANGEBYSCORE
-        <ns>:schedule:index -inf <now ms> LIMIT 0 100``, as ``(entry id, due at)`` pairs."""
-        due = cast(list[tuple[Any, float]], self.client.zrangebyscore(
-            self._schedule_index(), "-inf", self._now_us() // 1000, start=0, num=_DUE_LIMIT,
-            withscores=True))
-        return [(_text(member), score / 1000) for member, score in due]
-
-    def dispatch_schedule(
-        self, entry_id: str, *, error_type: str | None = None,
-        message: str = "publish failed", lock: bool = True,
-    ) -> Dispatch | None:
-        """Beat's dispatch of one due entry (``Beat._dispatch``, §3.9, §3.10): the store's
-        claim (``SET <id>:lock 1 NX PX 5000``, ``HGETALL``) and with ``lock`` the lock store's
-        (``SET <ns>:lock:stem:schedule:<id> <owner> NX PX 5000``), ``None`` when one is held
-        or the entry is gone or disabled; the publish (headers ``scheduled-from`` and
-        ``schedule-id``, no status record), which ``error_type`` makes throw ``"<error_type>:
-        <message>"``; ``markExecuted`` (``nextRunAt = executedAt + every``); the history entry
-        (``XADD``, ``XTRIM MAXLEN ~ 1000``); the lock's release.
-
-        A dispatch is as late as the clock is past ``nextRunAt``. Beat stamps ``DateTime.now()``,
-        a local time written without an offset; this Beat's host runs in UTC, so ``executedAt``
-        is naive UTC and ``scheduledAt`` is ``nextRunAt`` as stored (with ``Z`` the first time).
-        """
-        key = self._schedule_key(entry_id)
-        if not self.client.set(f"{key}:lock", "1", nx=True, px=SCHEDULE_LOCK_TTL_MS):
-            return None
-        fields = {_text(k): _text(v) for k, v in
-                  cast(dict[Any, Any], self.client.hgetall(key)).items()}
-        if not fields or fields.get("enabled", "true") != "true":
-            self.client.delete(f"{key}:lock")
-            return None
-        lock_key = f"{self.keys.broker}:lock:stem:schedule:{entry_id}"
-        owner = uuid7(self._now_us() // 1000, self._rng)
-        if lock and not self.client.set(lock_key, owner, nx=True, px=SCHEDULE_LOCK_TTL_MS):
-            return None  # contended: the claim lock expires on its own, as in Stem
-        try:
-            scheduled_text = fields.get("nextRunAt") or ""
-            scheduled = parse_time(scheduled_text) if scheduled_text else None
-            if scheduled is None:  # Beat: ``entry.nextRunAt ?? now``
-                scheduled = self._clock()
-                scheduled_text = _naive_iso(scheduled)
-            started_us = self._now_us()
-            envelope: Envelope | None = None
-            error: str | None = None
-            if error_type is None:
-                meta = _json_object(fields.get("meta"))
-                kwargs = _json_object(fields.get("kwargs"))
-                if kwargs:
-                    meta["kwargs"] = kwargs
-                envelope = Envelope(
-                    id=uuid7(started_us // 1000, self._rng), name=fields.get("taskName", ""),
-                    args=_json_object(fields.get("args")),
-                    headers={"scheduled-from": "beat", "schedule-id": entry_id},
-                    enqueued_at=started_us / 1e6, queue=fields.get("queue") or "default",
-                    meta=meta,
-                )
-                self._xadd(envelope)
-            else:
-                error = f"{error_type}: {message}"
-            executed = self._clock()
-            self._mark_executed(entry_id, fields, scheduled=scheduled, executed=executed,
-                                error=error)
-            self.client.xadd(f"{key}:history", {
-                "scheduledAt": scheduled_text, "executedAt": _naive_iso(executed),
-                "success": "false" if error else "true",
-                "durationMs": "" if error else str((_us(executed) - started_us) // 1000),
-                "error": error or "",
-            })
-            self.client.xtrim(f"{key}:history", maxlen=_HISTORY_MAXLEN, approximate=True)
-            return Dispatch(entry_id, scheduled, executed, envelope, error)
-        finally:
-            if lock:
-                self.client.eval(_RELEASE, 1, lock_key, owner)
-
-    def beat_tick(self, *, failing: Mapping[str, str] | None = None) -> list[Dispatch]:
-        """One Beat tick: every due entry dispatched in index order; an entry named in
-        ``failing`` (id -> error type) has its publish throw. Returns what was dispatched."""
-        done = []
-        for entry_id, _due_at in self.due_schedules():
-            error_type = (failing or {}).get(entry_id)
-            dispatch = self.dispatch_schedule(entry_id, error_type=error_type)
-            if dispatch is not None:
-                done.append(dispatch)
-        return done
-
-    def _mark_executed(self, entry_id: str, fields: Mapping[str, str], *, scheduled: float,
-                       executed: float, error: str | None) -> None:
-        """``RedisScheduleStore.markExecuted`` (§3.10): ``MULTI``, ``HSET`` of the run state,
-        ``ZADD`` the next run, ``DEL`` the claim lock, ``EXEC`` (``fields`` is the claim's
-        ``HGETALL``, which the store repeats under ``WATCH``)."""
-        spec = _json_object(fields.get("spec"))
-        every_ms = spec.get("everyMs", 60_000)  # a missing spec is every:60s
-        if spec.get("kind", "interval") != "interval" or not isinstance(every_ms, int):
-            raise ValueError(f"schedule {entry_id!r}: only interval specs are simulated")
-        executed_text = _naive_iso(executed)
-        next_run = executed + every_ms / 1000
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._schedule_key(entry_id), mapping={
-            "lastRunAt": executed_text, "nextRunAt": _naive_iso(next_run), "lastJitterMs": "",
-            "lastError": error or "", "enabled": fields.get("enabled", "true"),
-            "totalRunCount": str(_int_or_zero(fields.get("totalRunCount")) + 1),
-            "lastSuccessAt": fields.get("lastSuccessAt", "") if error else executed_text,
-            "lastErrorAt": executed_text if error else fields.get("lastErrorAt", ""),
-            "driftMs": str(int((_us(executed) - _us(scheduled)) / 1000)),
-            "version": str(_int_or_zero(fields.get("version")) + 1),
-        })
-        pipe.zadd(self._schedule_index(), {entry_id: _us(next_run) // 1000})
-        pipe.delete(f"{self._schedule_key(entry_id)}:lock")
-        pipe.execute()
-
-    def _schedule_key(self, entry_id: str) -> str:
-        return f"{self.keys.broker}:schedule:{entry_id}"
-
-    def _schedule_index(self) -> str:
-        return f"{self.keys.broker}:schedule:index"
-
     # ------------------------------------------------------------------ internals
+    def now(self) -> float:
+        """The simulator's clock (epoch seconds)."""
+        return self._clock()
+
+    def new_id(self, epoch_ms: int) -> str:
+        """A UUIDv7 at ``epoch_ms``, as Stem's ids and lock owners are, from the simulator's rng."""
+        return uuid7(epoch_ms, self._rng)
+
     def _now_us(self) -> int:
         return _us(self._clock())
 
@@ -522,7 +360,7 @@ class StemSimulator:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _xadd(self, envelope: Envelope) -> None:
+    def xadd(self, envelope: Envelope) -> None:
         """``RedisStreamsBroker._enqueue``: the group, then the 12 fields (§3.2.4, §3.2.5)."""
         stream = self.keys.stream(envelope.queue, envelope.priority)
         self._ensure_group(stream, self.keys.group(envelope.queue))
@@ -536,7 +374,7 @@ class StemSimulator:
             self.client.zadd(self.keys.delayed(envelope.queue),
                              {member: _us(envelope.not_before) // 1000})
         else:
-            self._xadd(envelope)
+            self.xadd(envelope)
 
     def _drain_delayed(self, queue: str) -> None:
         """§3.3.2: due members are ``ZREM``ed (only the winner moves them) and XADDed to
@@ -546,7 +384,7 @@ class StemSimulator:
             key, "-inf", self._now_us() // 1000, start=0, num=_DRAIN_BATCH))
         for member in due:
             if self.client.zrem(key, member):
-                self._xadd(replace(parse_envelope_json(_text(member)), queue=queue))
+                self.xadd(replace(parse_envelope_json(_text(member)), queue=queue))
 
     def _ack(self, delivery: Delivery) -> None:
         self.client.xack(delivery.stream, delivery.group, delivery.entry_id)
@@ -592,27 +430,6 @@ class StemSimulator:
 
 def _us(epoch_s: float) -> int:
     return round(epoch_s * 1_000_000)
-
-
-def _naive_iso(epoch_s: float) -> str:
-    """Dart's ``toIso8601String()`` of a local ``DateTime.now()`` on a UTC host (no ``Z``)."""
-    return dart_iso(epoch_s)[:-1]
-
-
-def _int_or_zero(value: object) -> int:
-    """``int.tryParse(...) ?? 0`` of a hash field."""
-    try:
-        return int(_text(value)) if value is not None else 0
-    except ValueError:
-        return 0
-
-
-def _json_object(raw: str | None) -> dict[str, Any]:
-    """The store's ``decodeJson``: empty -> ``{}``."""
-    if not raw:
-        return {}
-    value = json.loads(raw)
-    return dict(value) if isinstance(value, dict) else {}
 
 
 def _uptime(uptime_ms: int) -> str:
