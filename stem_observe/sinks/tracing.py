@@ -9,11 +9,14 @@ in the event's headers makes the span a child of the producer's span.
 For in-process events the span is made current between prerun and postrun (within the task
 scope the bridge opens, see ``_scopes``), so spans and logs the task creates nest under it.
 Handlers run on the sender's thread and do no I/O;
-export happens in the tracer provider's span processor.
+export happens in the tracer provider's span processor. With an SDK tracer provider the
+spans are recorded as ``_span.TaskSpan`` (same sampler, ids, limits and processors, a
+fraction of the SDK span's cost); with any other provider through its tracer.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,11 +25,13 @@ from typing import Any, Final
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from stem_observe import events as ev
 from stem_observe.config import Settings
 from stem_observe.sinks._scopes import TASKS
+from stem_observe.sinks._span import SpanStarter
 from stem_observe.sinks._traceparent import remote_parent, sampled_trace_id
 
 __all__ = ["SPAN_NAME", "TracingSink"]
@@ -43,6 +48,13 @@ class _Open:
     def __init__(self, span: Span, trace_id: str | None) -> None:
         self.span = span
         self.trace_id = trace_id
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("stem-observe")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _ns(seconds: float) -> int:
@@ -68,7 +80,9 @@ class TracingSink:
     ) -> None:
         self.settings = settings or Settings()
         provider = tracer_provider or trace.get_tracer_provider()
-        self._tracer = provider.get_tracer(_SCOPE)
+        version = _version()
+        self._spans = SpanStarter(provider.get_tracer(_SCOPE, version),
+                                  InstrumentationScope(_SCOPE, version))
         self._open: dict[str, _Open] = {}
         # Tasks whose span was ended early: their late outcome must not start a new span.
         self._evicted_ids: dict[str, None] = {}
@@ -130,13 +144,8 @@ class TracingSink:
         }
         if event.worker_id:
             attributes["stem.worker.id"] = event.worker_id
-        span = self._tracer.start_span(
-            SPAN_NAME,
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            start_time=_ns(event.occurred_at),
-        )
+        span = self._spans.start(SPAN_NAME, parent, SpanKind.CONSUMER, attributes,
+                                 _ns(event.occurred_at))
         span_context = span.get_span_context()
         trace_id = None
         if span_context.trace_flags.sampled:
