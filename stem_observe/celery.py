@@ -17,7 +17,9 @@ tracer provider, the one passed as ``tracer_provider=``, or an OTLP endpoint
 
 ``fleet`` (default ``$STEM_OBSERVE_FLEET_REDIS``) is a Redis URL: every worker process then
 forwards its events to that Redis for ``stem-observe serve`` to aggregate, so metrics of
-all prefork children come from one place.
+all prefork children come from one place. The worker itself then records no task metrics
+(``serve`` exports them for the fleet; pass ``metrics=True`` to keep them in the worker's
+registry as well); its spans, log correlation and fleet drop counter stay.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
             if bridge_options:  # same arguments return the installed bridge; others raise
                 options = bridge_options
                 if _installation.owns_bridge:
-                    options = _resolve_bridge_options(bridge_options)
+                    options = _resolve_bridge_options(bridge_options, _installation.fleet_url)
                 stem_observe.install(**options)
             if app is not None and app not in _installation.apps:
                 _installation.apps.append(app)
@@ -150,7 +152,7 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
         existing = stem_observe.installed()
         owns = existing is None
         if existing is None:
-            bridge = stem_observe.install(**_resolve_bridge_options(bridge_options))
+            bridge = stem_observe.install(**_resolve_bridge_options(bridge_options, fleet_url))
         elif bridge_options:  # must match the installed bridge (else this raises)
             bridge = stem_observe.install(**bridge_options)
         else:
@@ -176,8 +178,12 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
         return bridge
 
 
-def _resolve_bridge_options(options: dict[str, Any]) -> dict[str, Any]:
+def _resolve_bridge_options(options: dict[str, Any], fleet_url: str | None) -> dict[str, Any]:
     resolved = dict(options)
+    if fleet_url is not None:
+        # serve counts the fleet's tasks from the forwarded events; a worker counting them
+        # too is work nobody scrapes (prefork children) or counted twice (scraped beside serve)
+        resolved.setdefault("metrics", False)
     if ("messaging_system" not in resolved and "settings" not in resolved
             and "STEM_OBSERVE_MESSAGING_SYSTEM" not in os.environ):
         resolved["messaging_system"] = "celery"

@@ -187,6 +187,21 @@ def test_fleet_needs_a_redis_url() -> None:
     assert stem_observe.celery.installed_plugin() is None
 
 
+@pytest.mark.parametrize(("options", "counted"), [({}, False), ({"metrics": True}, True)])
+def test_fleet_workers_leave_task_metrics_to_serve(options: dict[str, Any],
+                                                   counted: bool) -> None:
+    registry = CollectorRegistry()
+    bridge = stem_observe.celery.install(tasks.app, fleet="redis://127.0.0.1:1/0",
+                                         registry=registry, heartbeat_interval_s=0, **options)
+    try:
+        assert (bridge.metrics is not None) is counted
+        assert bridge.tracing is not None
+        names = {metric.name for metric in registry.collect()}
+        assert ("stem_tasks_started" in names) is counted
+    finally:
+        stem_observe.celery.uninstall()
+
+
 def test_queue_wait_on_the_span_excludes_the_eta(plugged: Plugged) -> None:
     with stem_observe.track_task("t", task_id="w-1", enqueued_at=100.0, eta=160.0) as _:
         pass
