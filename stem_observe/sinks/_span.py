@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from time import time_ns
 from typing import Any, Final
 
@@ -53,31 +53,36 @@ _PLAIN: Final = (str, int, float, bool)
 _UNSET: Final = Status(StatusCode.UNSET)
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
-_SAMPLED_DECISIONS: Final = frozenset({Decision.RECORD_AND_SAMPLE})
 _RANDOM_TRACE_ID: Final = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 
 
 class _Recorder:
     """What the spans of one SDK tracer share: where they go and the limits they obey."""
 
-    __slots__ = ("id_generator", "limits", "processor", "random_ids", "resource", "sampler",
-                 "scope", "tracer")
+    __slots__ = ("enabled", "id_generator", "limits", "max_attributes", "on_end", "on_ending",
+                 "on_start", "random_ids", "resource", "sampler", "scope")
 
     def __init__(self, tracer: SdkTracer, scope: InstrumentationScope) -> None:
-        self.tracer = tracer
         self.sampler = tracer.sampler
         self.resource = tracer.resource
-        self.processor = tracer.span_processor
+        processor = tracer.span_processor
+        self.on_start = processor.on_start
+        self.on_ending: Callable[[Any], None] | None = getattr(processor, "_on_ending", None)
+        self.on_end = processor.on_end
         self.id_generator = tracer.id_generator
         limits = getattr(tracer, "_span_limits", None)
         self.limits: SpanLimits = limits if isinstance(limits, SpanLimits) else SpanLimits()
+        count = self.limits.max_span_attributes
+        self.max_attributes = count if count is not None else 1 << 30
         self.scope = getattr(tracer, "_instrumentation_scope", None) or scope
         is_random = getattr(self.id_generator, "is_trace_id_random", None)
         self.random_ids = bool(is_random()) if callable(is_random) else False
+        # The tracer's configurator may switch it off and on: ask it at each start.
+        self.enabled: Callable[[], bool] = getattr(tracer, "_is_enabled", _always)
 
-    def enabled(self) -> bool:
-        is_enabled = getattr(self.tracer, "_is_enabled", None)
-        return True if is_enabled is None else bool(is_enabled())
+
+def _always() -> bool:
+    return True
 
 
 class TaskSpan(Span):
@@ -151,7 +156,7 @@ class TaskSpan(Span):
         if self._end_time is not None:
             return
         attributes = self._attributes
-        if key not in attributes and len(attributes) >= self._max_attributes():
+        if key not in attributes and len(attributes) >= self._recorder.max_attributes:
             self._dropped += 1
             return
         if type(value) in _PLAIN and isinstance(key, str) and key:
@@ -167,10 +172,6 @@ class TaskSpan(Span):
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
         for key, value in attributes.items():
             self.set_attribute(key, value)
-
-    def _max_attributes(self) -> int:
-        limit = self._recorder.limits.max_span_attributes
-        return limit if limit is not None else 1 << 30
 
     def add_event(self, name: str, attributes: types.Attributes = None,
                   timestamp: int | None = None) -> None:
@@ -222,15 +223,13 @@ class TaskSpan(Span):
             return
         self._end_time = end_time if end_time is not None else time_ns()
         recorder = self._recorder
-        processor = recorder.processor
-        on_ending = getattr(processor, "_on_ending", None)
-        if on_ending is not None:
-            on_ending(self)
+        if recorder.on_ending is not None:
+            recorder.on_ending(self)
         attributes: Any = self._attributes
         if self._dropped:
             attributes = BoundedAttributes(len(attributes), attributes, immutable=True)
             attributes.dropped = self._dropped
-        processor.on_end(ReadableSpan(
+        recorder.on_end(ReadableSpan(
             name=self._name, context=self._context, parent=self._parent,
             resource=recorder.resource, attributes=attributes, events=self._events or (),
             kind=self._kind, status=self._status, start_time=self._start_time,
@@ -265,11 +264,6 @@ class SpanStarter:
             self._recorder = _Recorder(tracer, self._scope)
         return self._recorder
 
-    @property
-    def records(self) -> bool:
-        """Whether spans are recorded as :class:`TaskSpan` (the tracer is the SDK's)."""
-        return self._recorder is not None
-
     def start(self, name: str, parent: Context | None, kind: SpanKind,
               attributes: dict[str, Any], start_time: int) -> Span:
         """A started span; ``parent=None`` nests it under the current span.
@@ -292,7 +286,7 @@ class SpanStarter:
             trace_id = recorder.id_generator.generate_trace_id()
             random_ids = recorder.random_ids
         result = recorder.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
-        flags = _SAMPLED if result.decision in _SAMPLED_DECISIONS else _NOT_SAMPLED
+        flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
         if random_ids:
             flags = TraceFlags(flags | _RANDOM_TRACE_ID)
         context = SpanContext(trace_id, recorder.id_generator.generate_span_id(),
@@ -304,5 +298,5 @@ class SpanStarter:
             attributes = dict(result.attributes)
         span = TaskSpan(recorder, name, context, parent=parent_span, kind=kind,
                         attributes=attributes, start_time=start_time)
-        recorder.processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]
+        recorder.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # SDK-typed
         return span

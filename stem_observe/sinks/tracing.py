@@ -16,7 +16,6 @@ fraction of the SDK span's cost); with any other provider through its tracer.
 
 from __future__ import annotations
 
-import importlib.metadata
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -50,13 +49,6 @@ class _Open:
         self.trace_id = trace_id
 
 
-def _version() -> str | None:
-    try:
-        return importlib.metadata.version("stem-observe")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -80,7 +72,8 @@ class TracingSink:
     ) -> None:
         self.settings = settings or Settings()
         provider = tracer_provider or trace.get_tracer_provider()
-        version = _version()
+        from stem_observe import __version__ as version  # the package is imported by now
+
         self._spans = SpanStarter(provider.get_tracer(_SCOPE, version),
                                   InstrumentationScope(_SCOPE, version))
         self._open: dict[str, _Open] = {}
