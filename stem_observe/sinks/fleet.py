@@ -6,7 +6,7 @@ call) and appends ``(kind, traceparent, fields)`` to a bounded in-memory queue (
 lock): when the queue is full the event is dropped and counted. Keeping the fields rather
 than the event lets the event die at once: events held in a queue survived into the
 garbage collector's older generations and cost the emitting thread more than the read
-does. A background thread encodes what is queued (``sources/_fleet_wire.py``) and sends each
+does. A background thread packs what is queued (``sources/_fleet_wire.py``) and sends each
 batch of up to ``batch_max`` records as one ``MULTI``/``XADD … MAXLEN ~``/``EXEC`` round
 trip (records are packed :data:`~stem_observe.sources._fleet_wire.RECORDS_PER_ENTRY` to an
 entry; ``maxlen`` is the approximate number of events the stream keeps), every
@@ -57,12 +57,15 @@ from stem_observe.bridge import FORWARDED_SENDER
 from stem_observe.errors import ConfigError
 from stem_observe.sinks._scopes import TASKS
 from stem_observe.sources._fleet_wire import (
+    DROPPED_KIND,
     KINDS,
     READERS,
     RECORDS_PER_ENTRY,
+    Entry,
+    Record,
     drops_record,
-    finish,
     pack,
+    prepare,
 )
 
 __all__ = ["DEFAULT_STREAM", "FLEET_SENDER", "FleetForwarder"]
@@ -82,7 +85,6 @@ _TASK_SIGNALS: Final = tuple(
 _WORKER_SIGNALS: Final = tuple(
     signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.WorkerEvent))
 
-_Item = tuple[str, str | None, tuple[Any, ...]]  # kind, traceparent, the event's fields
 
 
 def _positive(name: str, value: float, *, integer: bool = False) -> None:
@@ -165,7 +167,7 @@ class FleetForwarder:
 
     def _reset_state(self) -> None:
         self._pid = os.getpid()
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[Record] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -178,6 +180,7 @@ class FleetForwarder:
         # reply was lost can be looked up after reconnecting instead of guessed.
         self._marker = f"{self.stream}:batch:{uuid.uuid4().hex}"
         self._seq = 0
+        self._lost = 0  # events of the batch being packed that could not be encoded
         # (seq, events, drops reported, the batch's entries): a batch whose transaction
         # failed, kept (one batch, at most batch_max events) until Redis says whether it landed
         self._in_doubt: tuple[int, int, int, list[Any]] | None = None
@@ -285,6 +288,8 @@ class FleetForwarder:
             return
         headers = event.headers
         traceparent = headers.get("traceparent") if headers else None
+        if traceparent.__class__ is not str:
+            traceparent = None
         if traceparent is None and event.in_process and type(event) in _OUTCOMES:
             # No trace context came with the message: the worker's span began a trace.
             traceparent = _worker_trace(event)
@@ -403,51 +408,45 @@ class FleetForwarder:
         self.batches += 1
         self._reported += reported
 
-    def _send(self, client: redis.Redis, queue: collections.deque[_Item]) -> None:
+    def _send(self, client: redis.Redis, queue: collections.deque[Record]) -> None:
         """Take up to ``batch_max`` events off ``queue`` and send them in one transaction.
 
-        An entry's records are serialised and freed before the next entry's are taken: fewer
+        An entry's records are packed and freed before the next entry's are taken: fewer
         live lists, fewer garbage collections in the process, which the worker pays for.
         """
         unreported = max(self.dropped - self._reported, 0)
         pipe = client.pipeline(transaction=True)
         stream, maxlen = self.stream, self._maxlen_entries
         popleft = queue.popleft
-        records: list[list[Any]] = []
-        encoded = entries = 0
         remaining = self.batch_max
         sent: list[Any] = []
+        encoded = 0
+        report = [drops_record(self.worker, unreported)] if unreported else []
 
-        def add(fields: Any) -> None:
-            sent.append(fields)
-            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        def add(records: list[Record]) -> None:
+            fields = self._pack(records)
+            if fields is not None:
+                sent.append(fields)
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
 
         while remaining and queue:
-            if records:  # the previous chunk is an entry of its own
-                entries += 1
-                add(pack(records))
             # Only this thread takes from the queue: len() items are there to take.
             count = min(len(queue), RECORDS_PER_ENTRY, remaining)
             remaining -= count
-            items = [popleft() for _ in range(count)]
-            try:
-                records = [finish(*item) for item in items]
-            except Exception:  # an event the wire cannot carry (a bug): count it
-                records = self._finish_each(items)
-            encoded += len(records)
-        if unreported:
-            if len(records) >= RECORDS_PER_ENTRY:
-                entries += 1
-                add(pack(records))
-                records = []
-            records.append(drops_record(self.worker, unreported))
-        if records:
-            entries += 1
-            add(pack(records))
-        if not entries:
+            records = [popleft() for _ in range(count)]
+            if report and count < RECORDS_PER_ENTRY and not (remaining and queue):
+                records += report  # the last entry carries the report when it has room
+                report = []
+            encoded += count
+            add(records)
+        if report:
+            add(report)
+        if not sent:
             return
         self._seq += 1
         pipe.set(self._marker, self._seq, ex=3600)
+        encoded -= self._lost
+        self._lost = 0
         try:
             pipe.execute()
         except BaseException:
@@ -458,14 +457,25 @@ class FleetForwarder:
             pipe.reset()
         self._committed(encoded, unreported)
 
-    def _finish_each(self, items: list[_Item]) -> list[list[Any]]:
-        records = []
-        for item in items:
+    def _pack(self, records: list[Record]) -> Entry | None:
+        """The entry for ``records``, as queued if it can be; else each record prepared
+        (text made text and cut, containers converted) and those that still cannot be
+        packed counted as ``unencodable``. ``None`` when nothing is left."""
+        try:
+            return pack(records)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        kept: list[Record] = []
+        for queued in records:
             try:
-                records.append(finish(*item))
-            except Exception as exc:
-                self._unencodable(item[0], exc)
-        return records
+                record = queued if queued[0] == DROPPED_KIND else prepare(*queued)
+                pack([record])
+            except Exception as exc:  # an event the wire cannot carry (a bug): count it
+                self._unencodable(queued[0], exc)
+                self._lost += 1
+            else:
+                kept.append(record)
+        return pack(kept) if kept else None
 
     def _log(self, key: str, message: str, *args: object) -> None:
         if self._throttle.allow(key):

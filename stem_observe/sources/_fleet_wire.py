@@ -1,38 +1,46 @@
-"""The fleet stream's record format (version 2): batches of event records per stream entry.
+"""The fleet stream's record format (version 3): batches of event records per stream entry.
 
-A stream entry has two fields, both text:
+A stream entry has two fields:
 
 ``v``
-    the format version, ``"2"``; a consumer reads versions 2 and 1 (a fleet in a rolling
-    upgrade has workers of both) and skips (and counts) versions it does not know;
+    the format version, ``"3"``; a consumer reads versions 3, 2 and 1 (a fleet in a rolling
+    upgrade has workers of each; upgrade ``serve`` first) and skips (and counts) versions it
+    does not know;
 ``e``
-    a compact JSON array of up to :data:`RECORDS_PER_ENTRY` records. Packing records keeps
+    a MessagePack array of up to :data:`RECORDS_PER_ENTRY` records. Packing records keeps
     the cost per event on the worker small (one ``XADD`` costs redis-py about 30 µs to build
-    and parse; a record in a packed entry well under 1 µs).
+    and parse; a record in a packed entry about 1 µs).
 
-A version 2 record is a JSON array ``[kind, tp, field, field, …]``: its kind (the event's
-signal name: ``task-succeeded``, ``worker-heartbeat`` …, or ``fleet-dropped``), the trace
-context, then the event's forwarded fields by position in the kind's :func:`layout` (its
-dataclass field order), ``null`` for a field at its default and trailing nulls left
-out. Positional records cost the worker about half of what named ones did to build and to
-serialise. ``exception``, ``extras`` and ``in_process`` are never sent, free text is cut to
-:data:`MAX_TEXT` characters (stack traces to :data:`MAX_STACKTRACE`), non-finite numbers are
-left out, and of the headers only the trace context travels, as ``tp``: the
+A version 3 record is ``[kind, tp, fields]``: its kind (the event's signal name:
+``task-succeeded``, ``worker-heartbeat`` …, or ``fleet-dropped``), the trace context, and an
+array of the event's forwarded fields by position in the kind's :func:`layout` (its
+dataclass field order), ``nil`` for a field at its default. MessagePack writes numbers as
+binary: times keep every bit and cost the worker nothing to format (a float's shortest
+decimal form, what JSON needs, was a third of the forwarding cost of version 2). The kinds
+of a task's ordinary lifecycle (:data:`RAW_KINDS`: published, received, prerun, succeeded,
+postrun) go out as the forwarder read them; the worker cuts text and converts containers
+only for the others (free text, queue loads). ``exception``, ``extras`` and ``in_process``
+are never sent, free text is cut to :data:`MAX_TEXT` characters (stack traces to
+:data:`MAX_STACKTRACE`), and of the headers only the trace context travels, as ``tp``: the
 ``traceparent`` of the worker's own span when it traced the task, else the message's. A
 decoded event carries it as ``headers={"traceparent": tp}``, so exemplars and alert samples
 name the worker's trace.
 
-A ``fleet-dropped`` record is ``["fleet-dropped", worker, count]``: ``count`` events that
-``worker`` dropped since its previous report.
+A ``fleet-dropped`` record is ``["fleet-dropped", nil, [worker, count]]``: ``count`` events
+that ``worker`` dropped since its previous report.
 
-A version 1 record was a JSON object: ``k`` (the kind), ``tp``, and the fields that differ
-from their defaults by name (``{"k": "fleet-dropped", "w": worker, "n": count}`` for drops);
-:func:`encode_v1` and :func:`pack_v1` still write them, for tests.
+Versions 2 and 1 were JSON text. A version 2 record was ``[kind, tp, field, field, …]``
+(the same layouts, flattened, trailing nulls left out; drops ``["fleet-dropped", worker,
+count]``); a version 1 record was an object: ``k`` (the kind), ``tp``, and the fields that
+differ from their defaults by name (``{"k": "fleet-dropped", "w": worker, "n": count}``).
+:func:`encode_v2`, :func:`pack_v2`, :func:`encode_v1` and :func:`pack_v1` still write
+them, for tests.
 
-Decoding is strict about types (a wrong type is an error, not a guess) and lenient about
-fields it does not know (a newer forwarder may append some). Every problem is a
-:class:`WireError` with a bounded ``kind`` label; a bad record does not spoil the others in
-its entry.
+Decoding is strict about types (a wrong type is an error, not a guess), lenient about fields
+it does not know (a newer forwarder may append some), and bounds what it keeps whoever wrote
+it: text longer than its limit is cut, non-finite numbers and an over-long ``tp`` count as
+absent. Every problem is a :class:`WireError` with a bounded ``kind`` label; a bad record
+does not spoil the others in its entry.
 """
 
 from __future__ import annotations
@@ -40,10 +48,13 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from math import isfinite
 from typing import Any, Final
+
+import msgpack
+from redis.typing import EncodableT, FieldT
 
 from stem_observe import events as ev
 from stem_observe import signals
@@ -51,30 +62,39 @@ from stem_observe import signals
 __all__ = [
     "DROPPED_KIND",
     "KINDS",
+    "MAX_ENTRY_BYTES",
     "MAX_TEXT",
+    "RAW_KINDS",
     "READERS",
     "RECORDS_PER_ENTRY",
     "VERSION",
     "VERSIONS",
     "VERSION_1",
+    "VERSION_2",
     "DropReport",
+    "Entry",
+    "Record",
     "WireError",
     "decode",
     "decode_record",
     "decode_record_v1",
+    "decode_record_v2",
     "drops_record",
     "encode",
     "encode_v1",
-    "finish",
+    "encode_v2",
     "layout",
     "pack",
     "pack_v1",
+    "pack_v2",
+    "prepare",
 ]
 
-VERSION: Final = "2"
+VERSION: Final = "3"
+VERSION_2: Final = "2"
 VERSION_1: Final = "1"
 #: The versions a consumer reads.
-VERSIONS: Final = (VERSION, VERSION_1)
+VERSIONS: Final = (VERSION, VERSION_2, VERSION_1)
 DROPPED_KIND: Final = "fleet-dropped"
 MAX_TEXT: Final = 1024
 MAX_STACKTRACE: Final = 4096
@@ -132,7 +152,7 @@ def _text(limit: int) -> tuple[Encoder, Decoder]:
     def dec(value: Any) -> Any:
         if not isinstance(value, str):
             raise _bad("a string", value)
-        return value
+        return value if len(value) <= limit else value[:limit]
 
     return enc, dec
 
@@ -214,9 +234,10 @@ _STACKTRACE = _text(MAX_STACKTRACE)
 
 @dataclass(frozen=True, slots=True)
 class _Codec:
-    """How one field type travels. ``encode`` serves v1; v2 records hold the attribute as it
-    is, after the checks ``limit`` (cut text) and ``finite`` (non-finite numbers are left
-    out), or passed through ``convert`` for containers json cannot take as they are."""
+    """How one field type travels. ``encode`` serves v1; v3 and v2 records hold the
+    attribute as it is, after the checks ``limit`` (cut text) and ``finite`` (non-finite
+    numbers are left out), or passed through ``convert`` for containers the formats cannot
+    take as they are."""
 
     encode: Encoder
     decode: Decoder
@@ -276,12 +297,14 @@ _FIELDS: Final[dict[type[ev.Event], tuple[_Field, ...]]] = {
 _FACTORY_DEFAULTS: Final = frozenset({"occurred_at", "timestamp"})  # "now" when absent
 _DUMPS: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
                                  check_circular=False).encode
-_FIRST_FIELD: Final = 2  # a v2 record is [kind, tp, *fields]
+# Text fields that name things rather than describe them: a task's lifecycle kinds hold
+# only these, and travel uncut (the consumer cuts what is over the limit).
+_IDENTIFIERS: Final = frozenset({"task_id", "task_name", "queue", "worker_id"})
 
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """A kind's v2 record: what to read off the event and which positions need a check."""
+    """A kind's fields: what to read off the event and which positions need a check."""
 
     kind: str
     fields: tuple[_Field, ...]
@@ -290,6 +313,7 @@ class _Layout:
     floats: tuple[int, ...]
     convert: tuple[tuple[int, Encoder], ...]
     required: tuple[str, ...]
+    raw: bool  # what the getter reads goes on the wire as it is
 
 
 def _layout(cls: type[ev.Event]) -> _Layout:
@@ -297,29 +321,35 @@ def _layout(cls: type[ev.Event]) -> _Layout:
     names = [f.name for f in fields_]
     getter = operator.attrgetter(*names)
     get = getter if len(names) > 1 else lambda event: (getter(event),)
-    at = {f.name: position for position, f in enumerate(fields_, _FIRST_FIELD)}
+    at = {f.name: position for position, f in enumerate(fields_)}
+    text = tuple((at[f.name], f.codec.limit) for f in fields_ if f.codec.limit is not None)
+    convert = tuple((at[f.name], f.codec.convert) for f in fields_
+                    if f.codec.convert is not None)
     return _Layout(
         kind=_KIND_OF[cls],
         fields=fields_,
         get=get,
-        text=tuple((at[f.name], f.codec.limit) for f in fields_ if f.codec.limit is not None),
+        text=text,
         floats=tuple(at[f.name] for f in fields_ if f.codec.finite),
-        convert=tuple((at[f.name], f.codec.convert) for f in fields_
-                      if f.codec.convert is not None),
+        convert=convert,
         required=tuple(f.name for f in fields_
                        if f.default is MISSING and f.name not in _FACTORY_DEFAULTS),
+        raw=not convert and all(fields_[position].name in _IDENTIFIERS
+                                for position, _ in text),
     )
 
 
-#: Version 2's positional layout of each kind. It is the order of the event's dataclass
-#: fields: a field added to an event must come last in the layouts it joins (the unit
-#: tests pin each layout), so that older consumers ignore it rather than misread it.
+#: The positional layout of each kind. It is the order of the event's dataclass fields: a
+#: field added to an event must come last in the layouts it joins (the unit tests pin each
+#: layout), so that older consumers ignore it rather than misread it.
 _LAYOUTS: Final[dict[type[ev.Event], _Layout]] = {cls: _layout(cls) for cls in KINDS.values()}
 _LAYOUT_OF_KIND: Final[dict[str, _Layout]] = {lay.kind: lay for lay in _LAYOUTS.values()}
+#: The kinds whose fields travel as the forwarder read them.
+RAW_KINDS: Final = frozenset(lay.kind for lay in _LAYOUTS.values() if lay.raw)
 
 
 def layout(kind: str) -> tuple[str, ...]:
-    """The field names of a version 2 ``kind`` record, after its kind and ``tp``."""
+    """The field names of a ``kind`` record, in the order its fields travel."""
     return tuple(f.name for f in _LAYOUT_OF_KIND[kind].fields)
 
 
@@ -331,50 +361,97 @@ def _cut(value: Any, limit: int) -> str:
     return text[:limit]
 
 
-#: For each event type, its kind and a reader of its forwarded fields (one C call): a
-#: forwarder keeps ``(kind, traceparent, fields)`` of an event, not the event, until
-#: :func:`finish` makes it a record. Tuples of strings and numbers are untracked by the
-#: garbage collector at its first pass; a queue of events or lists is work for every pass.
+def _prepared(lay: _Layout, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` with text cut (and made text), non-finite numbers left out and
+    containers converted."""
+    fixed = list(values)
+    for position, limit in lay.text:
+        value = fixed[position]
+        if value is not None and (value.__class__ is not str or len(value) > limit):
+            fixed[position] = _cut(value, limit)
+    for position in lay.floats:
+        value = fixed[position]
+        if value is not None and not isfinite(value):
+            fixed[position] = None
+    for position, convert in lay.convert:
+        value = fixed[position]
+        fixed[position] = convert(value) if value else None
+    return tuple(fixed)
+
+
+def _reader(lay: _Layout) -> Callable[[Any], tuple[Any, ...]]:
+    if lay.raw:
+        return lay.get
+    get = lay.get
+    return lambda event: _prepared(lay, get(event))
+
+
+#: For each event type, its kind and a reader of its forwarded fields, ready for the wire
+#: (one C call for :data:`RAW_KINDS`): a forwarder keeps ``(kind, traceparent, fields)`` of
+#: an event, not the event, and packs those records as they are. Tuples of strings and
+#: numbers are untracked by the garbage collector at its first pass; a queue of events or
+#: lists is work for every pass.
 READERS: Final[dict[type[ev.Event], tuple[str, Callable[[Any], tuple[Any, ...]]]]] = {
-    cls: (lay.kind, lay.get) for cls, lay in _LAYOUTS.items()
+    cls: (lay.kind, _reader(lay)) for cls, lay in _LAYOUTS.items()
 }
 
+Record = tuple[str, str | None, tuple[Any, ...]]
+#: A stream entry's fields, as ``XADD`` takes them.
+Entry = dict[FieldT, EncodableT]
 
-def finish(kind: str, traceparent: str | None, values: tuple[Any, ...]) -> list[Any]:
-    """The version 2 record of a ``kind`` event whose fields :data:`READERS` read: text
-    cut, non-finite numbers and an overlong traceparent left out, containers converted,
-    trailing nulls dropped."""
-    lay = _LAYOUT_OF_KIND[kind]
-    if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
+
+def prepare(kind: str, traceparent: str | None, values: tuple[Any, ...]) -> Record:
+    """A record whose every field is within the limits a consumer keeps: what a forwarder
+    sends for a queued record that cannot be packed as it is (text that is not text, an
+    entry over :data:`MAX_ENTRY_BYTES`)."""
+    if traceparent is not None and (traceparent.__class__ is not str
+                                    or len(traceparent) > MAX_TRACEPARENT):
         traceparent = None
-    record = [kind, traceparent, *values]
-    for position, limit in lay.text:
-        value = record[position]
-        if value is not None and (value.__class__ is not str or len(value) > limit):
-            record[position] = _cut(value, limit)
-    for position in lay.floats:
-        value = record[position]
-        if value is not None and not isfinite(value):
-            record[position] = None
-    for position, convert in lay.convert:
-        value = record[position]
-        record[position] = convert(value) if value else None
+    return kind, traceparent, _prepared(_LAYOUT_OF_KIND[kind], values)
+
+
+def encode(event: ev.Event, traceparent: str | None = None) -> Record:
+    """The version 3 record for ``event`` (a type in :data:`KINDS`), ready for :func:`pack`:
+    ``(kind, tp, fields)`` in the kind's :func:`layout`, ``None`` for a field at its
+    default."""
+    kind, _read = READERS[type(event)]
+    return prepare(kind, traceparent, _LAYOUTS[type(event)].get(event))
+
+
+def drops_record(worker: str, count: int) -> Record:
+    """The record that reports ``count`` events dropped on ``worker``."""
+    return DROPPED_KIND, None, (worker[:MAX_TEXT], count)
+
+
+def pack(records: Sequence[Sequence[Any]]) -> Entry:
+    """The stream entry's fields for ``records`` (at most :data:`RECORDS_PER_ENTRY`).
+
+    Raises ``TypeError`` or ``OverflowError`` when a value has no MessagePack form (an
+    object, an integer beyond 64 bits), ``ValueError`` when the entry would be larger than a
+    consumer reads (:data:`MAX_ENTRY_BYTES`).
+    """
+    data: bytes = msgpack.packb(records)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise ValueError(f"an entry of {len(data)} bytes is larger than {MAX_ENTRY_BYTES}")
+    return {"v": VERSION, "e": data}
+
+
+def encode_v2(event: ev.Event, traceparent: str | None = None) -> list[Any]:
+    """The version 2 record for ``event``: what workers before version 3 sent."""
+    kind, tp, values = encode(event, traceparent)
+    record = [kind, tp, *values]
     while record[-1] is None:
         record.pop()
     return record
 
 
-def encode(event: ev.Event, traceparent: str | None = None) -> list[Any]:
-    """The version 2 record for ``event`` (a type in :data:`KINDS`), ready for :func:`pack`:
-    ``[kind, tp, *fields]`` in the kind's :func:`layout`, ``null`` for a field at its
-    default, trailing nulls left out."""
-    kind, read = READERS[type(event)]
-    return finish(kind, traceparent, read(event))
+def pack_v2(records: list[list[Any]]) -> dict[str, str]:
+    """A version 2 stream entry, as workers before version 3 wrote them."""
+    return {"v": VERSION_2, "e": _DUMPS(records)}
 
 
 def encode_v1(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]:
-    """The version 1 record for ``event``: what workers before version 2 sent (for tests
-    of consumers that must still read them)."""
+    """The version 1 record for ``event``: what workers before version 2 sent."""
     body: dict[str, Any] = {"k": _KIND_OF[type(event)]}
     for f in _FIELDS[type(event)]:
         value = getattr(event, f.name)
@@ -388,16 +465,6 @@ def encode_v1(event: ev.Event, traceparent: str | None = None) -> dict[str, Any]
     return body
 
 
-def drops_record(worker: str, count: int) -> list[Any]:
-    """The record that reports ``count`` events dropped on ``worker``."""
-    return [DROPPED_KIND, worker[:MAX_TEXT], count]
-
-
-def pack(records: list[list[Any]]) -> dict[str, str]:
-    """The stream entry's fields for ``records`` (at most :data:`RECORDS_PER_ENTRY`)."""
-    return {"v": VERSION, "e": _DUMPS(records)}
-
-
 def pack_v1(records: list[dict[str, Any]]) -> dict[str, str]:
     """A version 1 stream entry, as workers before version 2 wrote them."""
     return {"v": VERSION_1, "e": _DUMPS(records)}
@@ -406,12 +473,17 @@ def pack_v1(records: list[dict[str, Any]]) -> dict[str, str]:
 # --------------------------------------------------------------------------- decoding
 
 
-def _field(entry: Mapping[Any, Any], name: str) -> str:
+def _value(entry: Mapping[Any, Any], name: str) -> Any:
     value = entry.get(name.encode())
     if value is None:
         value = entry.get(name)
     if value is None:
         raise WireError("malformed", f"no {name!r} field")
+    return value
+
+
+def _text_field(entry: Mapping[Any, Any], name: str) -> str:
+    value = _value(entry, name)
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -422,23 +494,37 @@ def _field(entry: Mapping[Any, Any], name: str) -> str:
     return value
 
 
+def _records(version: str, entry: Mapping[Any, Any]) -> Any:
+    if version == VERSION:
+        raw = _value(entry, "e")
+        if not isinstance(raw, bytes):
+            raise WireError("malformed", "field 'e' is not binary")
+    else:
+        raw = _text_field(entry, "e")
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise WireError("malformed", f"entry of {len(raw)} bytes is too large")
+    if version == VERSION:
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=True, timestamp=0)
+        except Exception as exc:  # msgpack raises several types for bad input
+            raise WireError("malformed", f"invalid MessagePack: {exc}") from None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise WireError("malformed", f"invalid JSON: {exc}") from None
+
+
 def decode(entry: Mapping[Any, Any]) -> list[ev.Event | DropReport | WireError]:
     """The records of a stream entry (fields with ``bytes`` or ``str`` keys), each decoded
     or a :class:`WireError`. Raises :class:`WireError` when the entry as a whole is bad.
-    Reads versions 2 and 1 (a fleet being upgraded has workers of both)."""
-    version = _field(entry, "v")
+    Reads versions 3, 2 and 1 (a fleet being upgraded has workers of each)."""
+    version = _text_field(entry, "v")
     if version not in VERSIONS:
         raise WireError("version", f"unknown record version {version[:16]!r}")
-    raw = _field(entry, "e")
-    if len(raw) > MAX_ENTRY_BYTES:
-        raise WireError("malformed", f"entry of {len(raw)} characters is too large")
-    try:
-        records = json.loads(raw)
-    except ValueError as exc:
-        raise WireError("malformed", f"invalid JSON: {exc}") from None
+    records = _records(version, entry)
     if not isinstance(records, list):
-        raise WireError("malformed", "entry body is not a JSON array")
-    decode_one = decode_record if version == VERSION else decode_record_v1
+        raise WireError("malformed", "entry body is not an array")
+    decode_one = _DECODERS[version]
     results: list[ev.Event | DropReport | WireError] = []
     for record in records:
         try:
@@ -451,7 +537,7 @@ def decode(entry: Mapping[Any, Any]) -> list[ev.Event | DropReport | WireError]:
 def _drop_report(worker: Any, count: Any) -> DropReport:
     if not isinstance(worker, str) or type(count) is not int or count < 0:
         raise WireError("malformed", "drop report needs a worker and a count")
-    return DropReport(worker, count)
+    return DropReport(worker[:MAX_TEXT], count)
 
 
 def _unknown(kind: Any) -> WireError:
@@ -464,12 +550,33 @@ def _field_error(kind: str, f: _Field, exc: WireError) -> WireError:
     return WireError("malformed", f"{kind}.{f.name}: {exc}")
 
 
+def _absent(value: Any) -> bool:
+    return value is None or (value.__class__ is float and not isfinite(value))
+
+
+def _positional(lay: _Layout, values: Sequence[Any]) -> dict[str, Any]:
+    """The keyword arguments of ``lay``'s event from positional ``values``. Positions past
+    the layout (a newer forwarder's fields) are ignored; ``None`` is the field's default."""
+    kwargs: dict[str, Any] = {}
+    for f, value in zip(lay.fields, values, strict=False):  # newer: longer
+        if not _absent(value):
+            try:
+                kwargs[f.name] = f.codec.decode(value)
+            except WireError as exc:
+                raise _field_error(lay.kind, f, exc) from None
+    for name in lay.required:
+        if name not in kwargs:
+            raise WireError("malformed", f"{lay.kind} without {name}")
+    return kwargs
+
+
 def _make(cls: type[ev.Event], kind: str, kwargs: dict[str, Any], traceparent: Any,
           ) -> ev.Event:
     if traceparent is not None:
-        if not isinstance(traceparent, str) or len(traceparent) > MAX_TRACEPARENT:
-            raise WireError("malformed", f"{kind}.tp: not a short string")
-        kwargs["headers"] = {"traceparent": traceparent}
+        if not isinstance(traceparent, str):
+            raise WireError("malformed", f"{kind}.tp: not a string")
+        if len(traceparent) <= MAX_TRACEPARENT:  # longer: no trace context anyone sends
+            kwargs["headers"] = {"traceparent": traceparent}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a field combination the event refuses
@@ -477,8 +584,20 @@ def _make(cls: type[ev.Event], kind: str, kwargs: dict[str, Any], traceparent: A
 
 
 def decode_record(body: Any) -> ev.Event | DropReport:
-    """One decoded version 2 record (a JSON array). Positions past the kind's layout (a
-    newer forwarder's fields) are ignored; ``null`` is the field's default."""
+    """One decoded version 3 record: ``[kind, tp, fields]``."""
+    if not isinstance(body, list) or len(body) < 3 or not isinstance(body[2], list):
+        raise WireError("malformed", "record is not [kind, tp, fields]")
+    kind, traceparent, values = body[0], body[1], body[2]
+    lay = _LAYOUT_OF_KIND.get(kind) if isinstance(kind, str) else None
+    if lay is None:
+        if kind != DROPPED_KIND:
+            raise _unknown(kind)
+        return _drop_report(*[*values, None, None][:2])
+    return _make(KINDS[kind], kind, _positional(lay, values), traceparent)
+
+
+def decode_record_v2(body: Any) -> ev.Event | DropReport:
+    """One decoded version 2 record (a JSON array ``[kind, tp, field, …]``)."""
     if not isinstance(body, list) or not body:
         raise WireError("malformed", "record is not a non-empty JSON array")
     kind = body[0]
@@ -486,19 +605,9 @@ def decode_record(body: Any) -> ev.Event | DropReport:
     if lay is None:
         if kind != DROPPED_KIND:
             raise _unknown(kind)
-        return _drop_report(body[1] if len(body) > 1 else None,
-                            body[2] if len(body) > 2 else None)
-    kwargs: dict[str, Any] = {}
-    for f, value in zip(lay.fields, body[_FIRST_FIELD:], strict=False):  # newer: longer
-        if value is not None:
-            try:
-                kwargs[f.name] = f.codec.decode(value)
-            except WireError as exc:
-                raise _field_error(kind, f, exc) from None
-    for name in lay.required:
-        if name not in kwargs:
-            raise WireError("malformed", f"{kind} without {name}")
-    return _make(KINDS[kind], kind, kwargs, body[1] if len(body) > 1 else None)
+        return _drop_report(*[*body[1:], None, None][:2])
+    return _make(KINDS[kind], kind, _positional(lay, body[2:]),
+                 body[1] if len(body) > 1 else None)
 
 
 def decode_record_v1(body: Any) -> ev.Event | DropReport:
@@ -515,12 +624,17 @@ def decode_record_v1(body: Any) -> ev.Event | DropReport:
         return _drop_report(body.get("w"), body.get("n"))
     kwargs: dict[str, Any] = {}
     for f in _FIELDS[cls]:
-        if f.name in body:
+        value = body.get(f.name)
+        if f.name in body and not _absent(value):
             try:
-                kwargs[f.name] = f.codec.decode(body[f.name])
+                kwargs[f.name] = f.codec.decode(value)
             except WireError as exc:
                 raise _field_error(kind, f, exc) from None
         elif f.default is MISSING and f.name not in _FACTORY_DEFAULTS:
             raise WireError("malformed", f"{kind} without {f.name}")
     return _make(cls, kind, kwargs, body.get("tp"))
 
+
+_DECODERS: Final[dict[str, Callable[[Any], ev.Event | DropReport]]] = {
+    VERSION: decode_record, VERSION_2: decode_record_v2, VERSION_1: decode_record_v1,
+}

@@ -23,8 +23,8 @@ def test_forwarded_events_make_metrics_with_the_workers_trace_and_no_span(
         ev.TaskPostrun(task_id="t1", task_name="a.b", queue="q", state="failed",
                        in_process=True),
     ):
-        (decoded,) = decode({k.encode(): v.encode()
-                             for k, v in pack([encode(event, TRACEPARENT)]).items()})
+        entry = pack([encode(event, TRACEPARENT)])
+        (decoded,) = decode({b"v": entry["v"], b"e": entry["e"]})
         assert isinstance(decoded, ev.Event)
         emit(decoded, FLEET_SENDER)
     assert installed.spans.get_finished_spans() == ()
