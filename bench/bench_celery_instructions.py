@@ -46,6 +46,7 @@ from bench.bench_lifecycle import make_provider  # noqa: E402
 
 VALGRIND: Final = ("valgrind", "--tool=cachegrind", "--cache-sim=no",
                    "--cachegrind-out-file=/dev/null")
+WARMUP: Final = 200
 _REFS: Final = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -65,7 +66,7 @@ def eager_child(variant: str, tasks: int, fleet: str | None) -> None:
     provider, exporter = make_provider()
     remove = setup_variant(variant, app, provider, fleet)
     try:
-        for _ in range(200):  # warm-up, in both runs
+        for _ in range(WARMUP):  # in both runs
             noop.apply()
         gc.collect()
         for _ in range(tasks):
@@ -74,8 +75,36 @@ def eager_child(variant: str, tasks: int, fleet: str | None) -> None:
     finally:
         remove()
         provider.shutdown()
-    if exporter.exported not in (0, tasks + 200):
-        raise RuntimeError(f"{variant}: {exporter.exported} spans exported, not {tasks + 200}")
+    if exporter.exported not in (0, tasks + WARMUP):
+        raise RuntimeError(f"{variant}: {exporter.exported} spans exported, not {tasks + WARMUP}")
+
+
+EVENTS_PER_TASK: Final = 4  # received, prerun, succeeded, postrun
+
+
+def check_forwarded(fleet: str | None, variant: str, tasks: int) -> None:
+    """With fleet forwarding, every task event must be in the stream (which is then
+    emptied for the next run): a figure measured while events were dropped would leave
+    their cost out."""
+    if fleet is None or variant != "plugin":
+        return
+    import redis
+
+    from stem_observe import events as ev
+    from stem_observe.sinks.fleet import DEFAULT_STREAM
+    from stem_observe.sources._fleet_wire import decode
+
+    client = redis.Redis.from_url(fleet)
+    try:
+        entries = client.xrange(DEFAULT_STREAM)
+        client.delete(DEFAULT_STREAM)
+    finally:
+        client.close()
+    found = sum(isinstance(item, ev.TaskEvent)
+                for _id, fields in entries for item in decode(fields))  # type: ignore[arg-type]
+    if found != EVENTS_PER_TASK * tasks:
+        raise RuntimeError(f"{variant} x {tasks}: {found} task events reached the fleet "
+                           f"stream, not {EVENTS_PER_TASK * tasks}")
 
 
 def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
@@ -87,6 +116,7 @@ def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"eager {variant} x {tasks} failed:\n{done.stderr[-2000:]}")
+    check_forwarded(fleet, variant, tasks + WARMUP)
     return _refs(done.stderr, f"eager {variant} x {tasks}")
 
 
@@ -101,6 +131,7 @@ def worker_refs(variant: str, tasks: int, redis_url: str, fleet: str | None,
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=600)
+    check_forwarded(fleet, variant, tasks)
     return _refs(log_path.read_text(errors="replace"), f"worker {variant} x {tasks}")
 
 

@@ -28,7 +28,7 @@ import importlib
 import logging
 import os
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
 
@@ -36,6 +36,9 @@ import stem_observe
 from stem_observe.bridge import Bridge
 from stem_observe.errors import ConfigError
 from stem_observe.sources.celery import PUBLISHED_AT, RECEIVED_AT, CeleryPlugin
+
+if TYPE_CHECKING:
+    from stem_observe.sinks.fleet import FleetForwarder
 
 try:
     from celery import bootsteps
@@ -48,6 +51,7 @@ __all__ = [
     "PUBLISHED_AT",
     "RECEIVED_AT",
     "StemObserveStep",
+    "fleet_forwarder",
     "install",
     "installed_plugin",
     "uninstall",
@@ -68,7 +72,7 @@ class _Installation:
         self.owns_bridge = owns_bridge
         self.tracer_provider = tracer_provider
         self.fleet_url = fleet_url
-        self.fleet: Any = None
+        self.fleet: FleetForwarder | None = None
         self.apps: list[Any] = []
 
     def start_fleet(self) -> None:
@@ -212,6 +216,13 @@ def installed_plugin() -> CeleryPlugin | None:
     """The plugin connected in this process, if any."""
     installation = _installation
     return installation.plugin if installation is not None else None
+
+
+def fleet_forwarder() -> FleetForwarder | None:
+    """This process's fleet forwarder, if the plugin forwards (its ``forwarded``,
+    ``dropped`` and ``flush`` tell how forwarding goes)."""
+    installation = _installation
+    return installation.fleet if installation is not None else None
 
 
 class StemObserveStep(bootsteps.StartStopStep):  # type: ignore[misc]

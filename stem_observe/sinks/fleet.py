@@ -61,10 +61,10 @@ from stem_observe.sources._fleet_wire import (
     KINDS,
     READERS,
     RECORDS_PER_ENTRY,
-    Entry,
+    VERSION,
     Record,
     drops_record,
-    pack,
+    pack_body,
     prepare,
 )
 
@@ -80,6 +80,16 @@ FLEET_SENDER: Final = FORWARDED_SENDER
 _OUTCOMES: Final = frozenset({
     ev.TaskSucceeded, ev.TaskFailed, ev.TaskRetry, ev.TaskRevoked, ev.TaskDeadLettered,
 })
+# One batch: an entry per body, then the marker. One command with one reply, atomic like a
+# transaction; a MULTI/XADD…/EXEC transaction got a reply per command, and Redis, reading a
+# large request 16 kB at a time, sent them in as many pieces (see _one_write for their cost).
+_WRITE_BATCH: Final = """
+for i = 4, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'v', ARGV[3], 'e', ARGV[i])
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', 3600)
+return #ARGV - 3
+"""
 _TASK_SIGNALS: Final = tuple(
     signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.TaskEvent))
 _WORKER_SIGNALS: Final = tuple(
@@ -157,13 +167,17 @@ class FleetForwarder:
 
     def _connect(self) -> redis.Redis:
         try:
-            return redis.Redis.from_url(
+            client = redis.Redis.from_url(
                 self.redis_url, socket_connect_timeout=self.timeout_s,
                 socket_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
         except ValueError as exc:
             raise ConfigError("redis_url", f"invalid Redis URL: {exc}") from None
+        pool = client.connection_pool
+        pool.connection_class = _one_write(pool.connection_class)
+        self._script = client.register_script(_WRITE_BATCH)
+        return client
 
     def _reset_state(self) -> None:
         self._pid = os.getpid()
@@ -382,26 +396,24 @@ class FleetForwarder:
             self._send(client, queue)
 
     def _settle(self, client: redis.Redis) -> None:
-        """Learn whether the batch whose transaction failed was committed after all; if not,
-        send it again (it is not lost while Redis comes back)."""
+        """Learn whether the batch whose write failed was committed after all; if not, send
+        it again (it is not lost while Redis comes back)."""
         assert self._in_doubt is not None
-        seq, events, reported, entries = self._in_doubt
+        seq, events, reported, bodies = self._in_doubt
         if client.get(self._marker) == str(seq).encode():
             self._committed(events, reported)
             self._in_doubt = None
             return
         self._seq += 1
-        pipe = client.pipeline(transaction=True)
-        for fields in entries:
-            pipe.xadd(self.stream, fields, maxlen=self._maxlen_entries, approximate=True)
-        pipe.set(self._marker, self._seq, ex=3600)
-        self._in_doubt = (self._seq, events, reported, entries)
-        try:
-            pipe.execute()
-        finally:
-            pipe.reset()
+        self._in_doubt = (self._seq, events, reported, bodies)
+        self._write(client, self._seq, bodies)
         self._committed(events, reported)
         self._in_doubt = None
+
+    def _write(self, client: redis.Redis, seq: int, bodies: list[bytes]) -> None:
+        """Add an entry per body and set the marker to ``seq``: one command, one reply."""
+        self._script(keys=[self.stream, self._marker],
+                     args=[seq, self._maxlen_entries, VERSION, *bodies], client=client)
 
     def _committed(self, events: int, reported: int) -> None:
         self.forwarded += events
@@ -409,26 +421,17 @@ class FleetForwarder:
         self._reported += reported
 
     def _send(self, client: redis.Redis, queue: collections.deque[Record]) -> None:
-        """Take up to ``batch_max`` events off ``queue`` and send them in one transaction.
+        """Take up to ``batch_max`` events off ``queue`` and write them in one script call.
 
         An entry's records are packed and freed before the next entry's are taken: fewer
         live lists, fewer garbage collections in the process, which the worker pays for.
         """
         unreported = max(self.dropped - self._reported, 0)
-        pipe = client.pipeline(transaction=True)
-        stream, maxlen = self.stream, self._maxlen_entries
         popleft = queue.popleft
         remaining = self.batch_max
-        sent: list[Any] = []
+        bodies: list[bytes] = []
         encoded = 0
         report = [drops_record(self.worker, unreported)] if unreported else []
-
-        def add(records: list[Record]) -> None:
-            fields = self._pack(records)
-            if fields is not None:
-                sent.append(fields)
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-
         while remaining and queue:
             # Only this thread takes from the queue: len() items are there to take.
             count = min(len(queue), RECORDS_PER_ENTRY, remaining)
@@ -438,48 +441,65 @@ class FleetForwarder:
                 records += report  # the last entry carries the report when it has room
                 report = []
             encoded += count
-            add(records)
+            self._pack(records, bodies)
         if report:
-            add(report)
-        if not sent:
+            self._pack(report, bodies)
+        if not bodies:
             return
         self._seq += 1
-        pipe.set(self._marker, self._seq, ex=3600)
         encoded -= self._lost
         self._lost = 0
         try:
-            pipe.execute()
+            self._write(client, self._seq, bodies)
         except BaseException:
-            # All or nothing (MULTI/EXEC); the marker tells which, once Redis answers again.
-            self._in_doubt = (self._seq, encoded, unreported, sent)
+            # All or nothing (one script); the marker tells which, once Redis answers again.
+            self._in_doubt = (self._seq, encoded, unreported, bodies)
             raise
-        finally:
-            pipe.reset()
         self._committed(encoded, unreported)
 
-    def _pack(self, records: list[Record]) -> Entry | None:
-        """The entry for ``records``, as queued if it can be; else each record prepared
-        (text made text and cut, containers converted) and those that still cannot be
-        packed counted as ``unencodable``. ``None`` when nothing is left."""
+    def _pack(self, records: list[Record], bodies: list[bytes]) -> None:
+        """Append the entry body for ``records``, packed as queued if they can be; else each
+        record prepared (text made text and cut, containers converted) and those that still
+        cannot be packed counted as ``unencodable``."""
         try:
-            return pack(records)
+            bodies.append(pack_body(records))
+            return
         except (TypeError, ValueError, OverflowError):
             pass
         kept: list[Record] = []
         for queued in records:
             try:
                 record = queued if queued[0] == DROPPED_KIND else prepare(*queued)
-                pack([record])
+                pack_body([record])
             except Exception as exc:  # an event the wire cannot carry (a bug): count it
                 self._unencodable(queued[0], exc)
                 self._lost += 1
             else:
                 kept.append(record)
-        return pack(kept) if kept else None
+        if kept:
+            bodies.append(pack_body(kept))
 
     def _log(self, key: str, message: str, *args: object) -> None:
         if self._throttle.allow(key):
             logger.warning(message, *args)
+
+
+def _one_write(cls: type[Any]) -> type[Any]:
+    """``cls``, writing a pipeline with one ``sendall`` instead of one per 6 kB chunk.
+
+    Every write releases the GIL, and a thread taking it back from a busy task thread first
+    waits out the interpreter's switch interval (5 ms): a batch written in a dozen pieces
+    spent most of its time waiting, and a worker running tasks back to back filled the
+    queue faster than it drained.
+    """
+    send = cls.send_packed_command
+
+    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        if isinstance(command, list) and len(command) > 1:
+            command = [b"".join(command)]
+        send(self, command, check_health)
+
+    return type(cls.__name__, (cls,), {"send_packed_command": send_packed_command})
 
 
 class _Collector(Collector):

@@ -85,6 +85,7 @@ __all__ = [
     "encode_v2",
     "layout",
     "pack",
+    "pack_body",
     "pack_v1",
     "pack_v2",
     "prepare",
@@ -423,8 +424,9 @@ def drops_record(worker: str, count: int) -> Record:
     return DROPPED_KIND, None, (worker[:MAX_TEXT], count)
 
 
-def pack(records: Sequence[Sequence[Any]]) -> Entry:
-    """The stream entry's fields for ``records`` (at most :data:`RECORDS_PER_ENTRY`).
+def pack_body(records: Sequence[Sequence[Any]]) -> bytes:
+    """The ``e`` field of a version 3 entry holding ``records`` (at most
+    :data:`RECORDS_PER_ENTRY`).
 
     Raises ``TypeError`` or ``OverflowError`` when a value has no MessagePack form (an
     object, an integer beyond 64 bits), ``ValueError`` when the entry would be larger than a
@@ -433,7 +435,12 @@ def pack(records: Sequence[Sequence[Any]]) -> Entry:
     data: bytes = msgpack.packb(records)
     if len(data) > MAX_ENTRY_BYTES:
         raise ValueError(f"an entry of {len(data)} bytes is larger than {MAX_ENTRY_BYTES}")
-    return {"v": VERSION, "e": data}
+    return data
+
+
+def pack(records: Sequence[Sequence[Any]]) -> Entry:
+    """The stream entry's fields for ``records``; raises as :func:`pack_body` does."""
+    return {"v": VERSION, "e": pack_body(records)}
 
 
 def encode_v2(event: ev.Event, traceparent: str | None = None) -> list[Any]:
