@@ -96,12 +96,13 @@ def check_forwarded(fleet: str | None, variant: str, tasks: int) -> None:
 
     client = redis.Redis.from_url(fleet)
     try:
-        entries = client.xrange(DEFAULT_STREAM)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            DEFAULT_STREAM)
         client.delete(DEFAULT_STREAM)
     finally:
         client.close()
     found = sum(isinstance(item, ev.TaskEvent)
-                for _id, fields in entries for item in decode(fields))  # type: ignore[arg-type]
+                for _id, fields in entries for item in decode(fields))
     if found != EVENTS_PER_TASK * tasks:
         raise RuntimeError(f"{variant} x {tasks}: {found} task events reached the fleet "
                            f"stream, not {EVENTS_PER_TASK * tasks}")
