@@ -69,6 +69,9 @@ VARIANTS: Final = ("none", "otel", "plugin")
 Runs = dict[str, list[float]]
 VARIANT_ENV: Final = "BENCH_CELERY_VARIANT"
 FLEET_ENV: Final = "BENCH_CELERY_FLEET"
+#: The forwarder's ``flush_interval_s`` (default: its own, 0.2 s); the instruction count
+#: benchmark scales it by valgrind's slowdown, so batches hold what they hold at full speed.
+FLEET_FLUSH_ENV: Final = "BENCH_CELERY_FLEET_FLUSH_S"
 
 
 def setup_variant(variant: str, app: Any, provider: TracerProvider,
@@ -85,8 +88,11 @@ def setup_variant(variant: str, app: Any, provider: TracerProvider,
     if variant == "plugin":
         import stem_observe.celery
 
-        stem_observe.celery.install(app, tracer_provider=provider, fleet=fleet,
-                                    registry=CollectorRegistry(), heartbeat_interval_s=0)
+        flush_s = os.environ.get(FLEET_FLUSH_ENV)
+        stem_observe.celery.install(
+            app, tracer_provider=provider, fleet=fleet, registry=CollectorRegistry(),
+            heartbeat_interval_s=0,
+            fleet_options={"flush_interval_s": float(flush_s)} if flush_s else None)
         return stem_observe.celery.uninstall
     raise ValueError(f"unknown variant {variant!r}")
 

@@ -21,6 +21,12 @@ Run::
         [--small N] [--large M] [--fleet redis://...]
 
 It needs ``valgrind``; a worker run takes a few minutes (valgrind slows Python about 50 times).
+
+With ``--fleet``, the plugin's forwarder sends a batch every ``--fleet-flush-s`` seconds
+(default 10: its 0.2 s scaled by valgrind's slowdown) or as soon as 500 events wait, so its
+batches hold as many events as at full speed; at 0.2 s a batch under valgrind held a few
+tasks, and each task paid a large share of a round trip it does not pay at full speed.
+Every run checks that every task event reached the stream.
 """
 
 from __future__ import annotations
@@ -41,7 +47,13 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_celery import VARIANTS, publish, setup_variant, start_worker  # noqa: E402
+from bench.bench_celery import (  # noqa: E402
+    FLEET_FLUSH_ENV,
+    VARIANTS,
+    publish,
+    setup_variant,
+    start_worker,
+)
 from bench.bench_lifecycle import make_provider  # noqa: E402
 
 VALGRIND: Final = ("valgrind", "--tool=cachegrind", "--cache-sim=no",
@@ -82,6 +94,21 @@ def eager_child(variant: str, tasks: int, fleet: str | None) -> None:
 EVENTS_PER_TASK: Final = 4  # received, prerun, succeeded, postrun
 
 
+def clear_stream(fleet: str | None) -> None:
+    """An empty fleet stream for the next run to fill."""
+    if fleet is None:
+        return
+    import redis
+
+    from stem_observe.sinks.fleet import DEFAULT_STREAM
+
+    client = redis.Redis.from_url(fleet)
+    try:
+        client.delete(DEFAULT_STREAM)
+    finally:
+        client.close()
+
+
 def check_forwarded(fleet: str | None, variant: str, tasks: int) -> None:
     """With fleet forwarding, every task event must be in the stream (which is then
     emptied for the next run): a figure measured while events were dropped would leave
@@ -113,6 +140,7 @@ def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
            "--eager-child", variant, "--small", str(tasks)]
     if fleet:
         cmd += ["--fleet", fleet]
+    clear_stream(fleet)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
                           check=False)
     if done.returncode != 0:
@@ -124,6 +152,7 @@ def eager_refs(variant: str, tasks: int, fleet: str | None) -> int:
 def worker_refs(variant: str, tasks: int, redis_url: str, fleet: str | None,
                 workdir: Path) -> int:
     producer, ids = publish(redis_url, "tests.now", tasks)
+    clear_stream(fleet)
     log_path = workdir / f"worker-{variant}-{tasks}.log"
     with log_path.open("wb") as log:
         worker = start_worker(variant, redis_url, fleet, log, wrapper=VALGRIND)
@@ -157,16 +186,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=200, help="tasks in the small run")
     parser.add_argument("--large", type=int, default=1200, help="tasks in the large run")
     parser.add_argument("--fleet", default=None, help="Redis URL for the plugin's fleet mode")
+    parser.add_argument("--fleet-flush-s", type=float, default=10.0,
+                        help="the forwarder's flush interval under valgrind")
     parser.add_argument("--eager-child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eager_child:
         eager_child(args.eager_child, args.small, args.fleet)
         return 0
+    os.environ[FLEET_FLUSH_ENV] = str(args.fleet_flush_s)  # children and workers inherit it
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind)")
     if args.large <= args.small:
         parser.error("--large must be more than --small")
-    lines = [f"Python {sys.version.split()[0]}; plugin fleet forwarding: {args.fleet or 'off'}"]
+    fleet = (f"{args.fleet}, flushed every {args.fleet_flush_s:g} s or at 500 events"
+             if args.fleet else "off")
+    lines = [f"Python {sys.version.split()[0]}; plugin fleet forwarding: {fleet}"]
     sizes = (args.small, args.large)
     if args.mode in ("eager", "both"):
         figures = {v: per_task(*sizes, {n: eager_refs(v, n, args.fleet) for n in sizes})

@@ -20,6 +20,9 @@ forwards its events to that Redis for ``stem-observe serve`` to aggregate, so me
 all prefork children come from one place. The worker itself then records no task metrics
 (``serve`` exports them for the fleet; pass ``metrics=True`` to keep them in the worker's
 registry as well); its spans, log correlation and fleet drop counter stay.
+``fleet_options`` go to each process's
+:class:`~stem_observe.sinks.fleet.FleetForwarder` (``flush_interval_s``, ``batch_max``,
+``queue_max``, ``maxlen``, ``stream`` …).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
@@ -66,12 +70,14 @@ class _Installation:
     """What ``install`` set up in this process (one per process)."""
 
     def __init__(self, plugin: CeleryPlugin, bridge: Bridge, owns_bridge: bool,
-                 tracer_provider: Any, fleet_url: str | None) -> None:
+                 tracer_provider: Any, fleet_url: str | None, *,
+                 fleet_options: Mapping[str, Any]) -> None:
         self.plugin = plugin
         self.bridge = bridge
         self.owns_bridge = owns_bridge
         self.tracer_provider = tracer_provider
         self.fleet_url = fleet_url
+        self.fleet_options = dict(fleet_options)
         self.fleet: FleetForwarder | None = None
         self.apps: list[Any] = []
 
@@ -80,8 +86,11 @@ class _Installation:
             return
         from stem_observe.sinks.fleet import FleetForwarder
 
-        self.fleet = FleetForwarder(self.fleet_url)
-        self.fleet.start()
+        try:
+            fleet = FleetForwarder(self.fleet_url, **self.fleet_options)
+        except TypeError as exc:  # an option FleetForwarder does not take
+            raise ConfigError("fleet_options", str(exc)) from None
+        self.fleet = fleet.start()
 
     def child_init(self) -> None:
         """In a freshly forked pool child: forwarding of its own."""
@@ -121,7 +130,7 @@ _lock = threading.Lock()
 
 
 def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float | None = None,
-            **bridge_options: Any) -> Bridge:
+            fleet_options: Mapping[str, Any] | None = None, **bridge_options: Any) -> Bridge:
     """Observe ``app``'s tasks and workers; idempotent. Returns the bridge.
 
     ``bridge_options`` go to :func:`stem_observe.install` when the bridge is not installed
@@ -139,6 +148,9 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
             if fleet is not None and fleet_url != _installation.fleet_url:
                 raise ConfigError("fleet", "the Celery plugin is already installed with "
                                   "another fleet setting; call uninstall() first")
+            if fleet_options is not None and dict(fleet_options) != _installation.fleet_options:
+                raise ConfigError("fleet_options", "the Celery plugin is already installed "
+                                  "with other fleet options; call uninstall() first")
             if bridge_options:  # same arguments return the installed bridge; others raise
                 options = bridge_options
                 if _installation.owns_bridge:
@@ -165,7 +177,7 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
                     else bridge.settings.worker_heartbeat_interval_s)
         installation = _Installation(
             CeleryPlugin(heartbeat_interval_s=interval), bridge, owns,
-            bridge_options.get("tracer_provider"), fleet_url,
+            bridge_options.get("tracer_provider"), fleet_url, fleet_options=fleet_options or {},
         )
         plugin = installation.plugin
         plugin._flush = installation.flush
@@ -175,6 +187,8 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
             installation.start_fleet()
         except Exception:
             plugin.disconnect()
+            if owns:
+                stem_observe.uninstall()
             raise
         if app is not None:
             installation.apps.append(app)

@@ -7,14 +7,15 @@ lock): when the queue is full the event is dropped and counted. Keeping the fiel
 than the event lets the event die at once: events held in a queue survived into the
 garbage collector's older generations and cost the emitting thread more than the read
 does. A background thread packs what is queued (``sources/_fleet_wire.py``) and sends each
-batch of up to ``batch_max`` records as one ``MULTI``/``XADD … MAXLEN ~``/``EXEC`` round
-trip (records are packed :data:`~stem_observe.sources._fleet_wire.RECORDS_PER_ENTRY` to an
-entry; ``maxlen`` is the approximate number of events the stream keeps), every
-``flush_interval_s`` or as soon as a batch is full.
+batch of up to ``batch_max`` records as one script call (an ``XADD … MAXLEN ~`` per entry,
+then the batch's marker, atomically, with one reply; records are packed
+:data:`~stem_observe.sources._fleet_wire.RECORDS_PER_ENTRY` to an entry; ``maxlen`` is the
+approximate number of events the stream keeps), every ``flush_interval_s`` or as soon as a
+batch is full.
 
 Drops are reported honestly: ``dropped`` and ``stem_observe_fleet_dropped_total{reason}``
 in the worker's registry count every event that did not reach the stream (queue full while
-Redis was slow or down; a batch whose transaction failed; events still queued at close),
+Redis was slow or down; a batch whose write failed; events still queued at close),
 and the next batch that reaches Redis carries a ``fleet-dropped`` record with the count
 since the last report, which ``serve`` exports fleet-wide. After a failure the thread waits
 (exponential backoff up to ``max_backoff_s``) and probes with ``PING`` before it takes the
@@ -190,12 +191,12 @@ class FleetForwarder:
         self._thread: threading.Thread | None = None
         self._drops: collections.Counter[str] = collections.Counter()
         self._reported = 0
-        # Each batch's transaction also sets this key to the batch's number, so a batch whose
+        # Each batch's script also sets this key to the batch's number, so a batch whose
         # reply was lost can be looked up after reconnecting instead of guessed.
         self._marker = f"{self.stream}:batch:{uuid.uuid4().hex}"
         self._seq = 0
         self._lost = 0  # events of the batch being packed that could not be encoded
-        # (seq, events, drops reported, the batch's entries): a batch whose transaction
+        # (seq, events, drops reported, the batch's entry bodies): a batch whose write
         # failed, kept (one batch, at most batch_max events) until Redis says whether it landed
         self._in_doubt: tuple[int, int, int, list[Any]] | None = None
         self.forwarded = 0
@@ -485,11 +486,11 @@ class FleetForwarder:
 
 
 def _one_write(cls: type[Any]) -> type[Any]:
-    """``cls``, writing a pipeline with one ``sendall`` instead of one per 6 kB chunk.
+    """``cls``, writing a command with one ``sendall`` instead of one per 6 kB chunk.
 
     Every write releases the GIL, and a thread taking it back from a busy task thread first
     waits out the interpreter's switch interval (5 ms): a batch written in a dozen pieces
-    spent most of its time waiting, and a worker running tasks back to back filled the
+    spent most of its time waiting, and a process running tasks back to back filled the
     queue faster than it drained.
     """
     send = cls.send_packed_command

@@ -187,6 +187,34 @@ def test_fleet_needs_a_redis_url() -> None:
     assert stem_observe.celery.installed_plugin() is None
 
 
+def test_fleet_options_reach_the_forwarder() -> None:
+    stem_observe.celery.install(tasks.app, fleet="redis://127.0.0.1:1/0",
+                                registry=CollectorRegistry(), heartbeat_interval_s=0,
+                                fleet_options={"flush_interval_s": 7.5, "batch_max": 42})
+    try:
+        forwarder = stem_observe.celery.fleet_forwarder()
+        assert forwarder is not None
+        assert (forwarder.flush_interval_s, forwarder.batch_max) == (7.5, 42)
+        with pytest.raises(stem_observe.ConfigError, match="fleet_options"):
+            stem_observe.celery.install(tasks.app, fleet_options={"batch_max": 1})
+    finally:
+        stem_observe.celery.uninstall()
+    assert stem_observe.celery.fleet_forwarder() is None
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"flush_intreval_s": 1.0}, "flush_intreval_s"),
+    ({"batch_max": 0}, "batch_max"),
+])
+def test_bad_fleet_options_are_refused_by_name(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(stem_observe.ConfigError, match=problem):
+        stem_observe.celery.install(tasks.app, fleet="redis://127.0.0.1:1/0",
+                                    registry=CollectorRegistry(), heartbeat_interval_s=0,
+                                    fleet_options=options)
+    assert stem_observe.celery.installed_plugin() is None
+    assert stem_observe.installed() is None  # the bridge it installed is gone again
+
+
 @pytest.mark.parametrize(("options", "counted"), [({}, False), ({"metrics": True}, True)])
 def test_fleet_workers_leave_task_metrics_to_serve(options: dict[str, Any],
                                                    counted: bool) -> None:
