@@ -91,9 +91,10 @@ class TaskSpan(Span):
     __slots__ = ("_attributes", "_context", "_dropped", "_end_time", "_events", "_kind",
                  "_name", "_parent", "_recorder", "_start_time", "_status")
 
-    def __init__(self, recorder: _Recorder, name: str, context: SpanContext, *,
+    def __init__(self, recorder: _Recorder, name: str, context: SpanContext,  # noqa: PLR0917
                  parent: SpanContext | None, kind: SpanKind, attributes: dict[str, Any],
                  start_time: int) -> None:
+        # Positional: a span per task, and keyword arguments cost more than the assignments.
         self._recorder = recorder
         self._name = name
         self._context = context
@@ -289,14 +290,12 @@ class SpanStarter:
         flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
         if random_ids:
             flags = TraceFlags(flags | _RANDOM_TRACE_ID)
-        context = SpanContext(trace_id, recorder.id_generator.generate_span_id(),
-                              is_remote=False, trace_flags=flags,
-                              trace_state=result.trace_state)
+        context = SpanContext(trace_id, recorder.id_generator.generate_span_id(), False, flags,
+                              result.trace_state)  # (is_remote, trace_flags, trace_state)
         if result.decision is Decision.DROP:
             return NonRecordingSpan(context)
         if result.attributes is not None:  # what the sampler kept or added
             attributes = dict(result.attributes)
-        span = TaskSpan(recorder, name, context, parent=parent_span, kind=kind,
-                        attributes=attributes, start_time=start_time)
+        span = TaskSpan(recorder, name, context, parent_span, kind, attributes, start_time)
         recorder.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # SDK-typed
         return span

@@ -78,3 +78,20 @@ def test_events_construct_as_dataclasses_define() -> None:
     beat = ev.WorkerHeartbeat(worker_id="w")
     assert beat.queue_loads == ()
     assert beat.timestamp > 0
+
+
+EVENT_TYPES = sorted(signals.SIGNALS, key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=[cls.__name__ for cls in EVENT_TYPES])
+def test_the_positional_constructor_builds_what_the_keyword_one_does(
+    cls: type[ev.Event],
+) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = [f"v{i}" for i in range(len(names))]  # distinct, so a swap shows
+    by_position = cls._new(*values)
+    assert type(by_position) is cls
+    assert [getattr(by_position, name) for name in names] == values
+    assert by_position == cast(Any, cls)(**dict(zip(names, values, strict=True)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        by_position.occurred_at = 1.0  # type: ignore[misc]
