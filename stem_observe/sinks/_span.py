@@ -21,6 +21,7 @@ as usual.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from collections.abc import Callable, Mapping
@@ -52,6 +53,13 @@ logger = logging.getLogger("stem_observe.sinks.tracing")
 _PLAIN: Final = (str, int, float, bool)
 _UNSET: Final = Status(StatusCode.UNSET)
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+# ReadableSpan's parameters in the order this module passes them by position (a dozen
+# keyword arguments per span cost more than the span's fields); any other SDK gets keywords.
+_READABLE_ORDER: Final = ("name", "context", "parent", "resource", "attributes", "events",
+                          "links", "kind", "instrumentation_info", "status", "start_time",
+                          "end_time", "instrumentation_scope")
+_READABLE_BY_POSITION: Final = tuple(
+    inspect.signature(ReadableSpan.__init__).parameters)[1:] == _READABLE_ORDER
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM_TRACE_ID: Final = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 
@@ -230,12 +238,18 @@ class TaskSpan(Span):
         if self._dropped:
             attributes = BoundedAttributes(len(attributes), attributes, immutable=True)
             attributes.dropped = self._dropped
-        recorder.on_end(ReadableSpan(
-            name=self._name, context=self._context, parent=self._parent,
-            resource=recorder.resource, attributes=attributes, events=self._events or (),
-            kind=self._kind, status=self._status, start_time=self._start_time,
-            end_time=self._end_time, instrumentation_scope=recorder.scope,
-        ))
+        if _READABLE_BY_POSITION:
+            readable = ReadableSpan(
+                self._name, self._context, self._parent, recorder.resource, attributes,
+                self._events or (), (), self._kind, None, self._status, self._start_time,
+                self._end_time, recorder.scope)
+        else:
+            readable = ReadableSpan(
+                name=self._name, context=self._context, parent=self._parent,
+                resource=recorder.resource, attributes=attributes, events=self._events or (),
+                kind=self._kind, status=self._status, start_time=self._start_time,
+                end_time=self._end_time, instrumentation_scope=recorder.scope)
+        recorder.on_end(readable)
 
     def __repr__(self) -> str:
         return (f"TaskSpan(name={self._name!r}, trace_id=0x{self._context.trace_id:032x}, "
@@ -297,5 +311,5 @@ class SpanStarter:
         if result.attributes is not None:  # what the sampler kept or added
             attributes = dict(result.attributes)
         span = TaskSpan(recorder, name, context, parent_span, kind, attributes, start_time)
-        recorder.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # SDK-typed
+        recorder.on_start(span, parent)  # type: ignore[arg-type]  # SDK-typed
         return span

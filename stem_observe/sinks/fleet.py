@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import redis
@@ -91,10 +91,6 @@ end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', 3600)
 return #ARGV - 3
 """
-_TASK_SIGNALS: Final = tuple(
-    signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.TaskEvent))
-_WORKER_SIGNALS: Final = tuple(
-    signals.SIGNALS[cls] for cls in KINDS.values() if issubclass(cls, ev.WorkerEvent))
 
 
 
@@ -160,6 +156,7 @@ class FleetForwarder:
         self._client = self._connect()  # validates the URL now; connects lazily
         self._registry = registry
         self._collector: _Collector | None = None
+        self._receivers: list[tuple[Any, Callable[..., None]]] = []
         self._started = False
         self._closed = False
         self._connected = False
@@ -214,10 +211,10 @@ class FleetForwarder:
         if self._started:
             return self
         self._started = True
-        for sig in _TASK_SIGNALS:
-            sig.connect(self._on_task, weak=False)
-        for sig in _WORKER_SIGNALS:
-            sig.connect(self._on_worker, weak=False)
+        for cls in KINDS.values():
+            receiver = self._receiver(cls)
+            self._receivers.append((signals.SIGNALS[cls], receiver))
+            signals.SIGNALS[cls].connect(receiver, weak=False)
         if self._registry is not None and self._collector is None:
             self._collector = _Collector(self)
             self._registry.register(self._collector)
@@ -266,9 +263,9 @@ class FleetForwarder:
         if self._closed:
             return
         self._closed = True
-        for sig in (*_TASK_SIGNALS, *_WORKER_SIGNALS):
-            sig.disconnect(self._on_task)
-            sig.disconnect(self._on_worker)
+        for sig, receiver in self._receivers:
+            sig.disconnect(receiver)
+        self._receivers.clear()
         deadline = time.monotonic() + timeout_s
         if self._thread is not None and self._pid == os.getpid():
             self.flush(max(0.0, deadline - time.monotonic()))
@@ -290,46 +287,38 @@ class FleetForwarder:
 
     # ----------------------------------------------------------------- receivers (hot path)
 
-    def _on_task(self, sender: object, *, event: ev.TaskEvent) -> None:
-        if sender == FLEET_SENDER:
-            return  # came from the stream: never forward it again
-        queue = self._queue
-        if len(queue) >= self.queue_max:
-            self._drop(1, "queue_full")
-            return
-        reader = READERS.get(type(event))
-        if reader is None:
-            self._unencodable(type(event).__name__, "not a fleet event type")
-            return
-        headers = event.headers
-        traceparent = headers.get("traceparent") if headers else None
-        if traceparent.__class__ is not str:
-            traceparent = None
-        if traceparent is None and event.in_process and type(event) in _OUTCOMES:
-            # No trace context came with the message: the worker's span began a trace.
-            traceparent = _worker_trace(event)
-        kind, read = reader
-        # The event's fields, not the event: no exception's frames are held, the event is
-        # freed at once, and the garbage collector soon stops visiting the tuples.
-        queue.append((kind, traceparent, read(event)))
-        if len(queue) == self.batch_max:  # each append passes this length once on its way up
-            self._wake.set()
+    def _receiver(self, cls: type[ev.Event]) -> Callable[..., None]:
+        """The receiver of ``cls``'s signal: it queues the event's kind, trace context and
+        fields (read in one call)."""
+        kind, read = READERS[cls]
+        task = issubclass(cls, ev.TaskEvent)
+        outcome = cls in _OUTCOMES
 
-    def _on_worker(self, sender: object, *, event: ev.WorkerEvent) -> None:
-        if sender == FLEET_SENDER:
-            return
-        queue = self._queue
-        if len(queue) >= self.queue_max:
-            self._drop(1, "queue_full")
-            return
-        reader = READERS.get(type(event))
-        if reader is None:
-            self._unencodable(type(event).__name__, "not a fleet event type")
-            return
-        kind, read = reader
-        queue.append((kind, None, read(event)))
-        if len(queue) == self.batch_max:
-            self._wake.set()
+        def receive(sender: object, *, event: Any) -> None:
+            if sender == FLEET_SENDER:
+                return  # came from the stream: never forward it again
+            queue = self._queue
+            if len(queue) >= self.queue_max:
+                self._drop(1, "queue_full")
+                return
+            traceparent = None
+            if task:
+                headers = event.headers
+                if headers:
+                    traceparent = headers.get("traceparent")
+                    if traceparent.__class__ is not str:
+                        traceparent = None
+                if traceparent is None and outcome and event.in_process:
+                    # No trace context came with the message: the worker's span began one.
+                    traceparent = _worker_trace(event)
+            # The event's fields, not the event: no exception's frames are held, the event
+            # is freed at once, and the garbage collector soon stops visiting the tuples.
+            queue.append((kind, traceparent, read(event)))
+            if len(queue) == self.batch_max:  # each append passes this length once
+                self._wake.set()
+
+        receive.__qualname__ = f"FleetForwarder[{kind}]"
+        return receive
 
     def _unencodable(self, what: str, exc: object) -> None:
         self._drop(1, "unencodable")

@@ -22,8 +22,9 @@ import redis
 
 import stem_observe
 from stem_observe import events as ev
+from stem_observe.signals import emit
 from stem_observe.sinks.fleet import DEFAULT_STREAM, FleetForwarder
-from stem_observe.sources._fleet_wire import decode
+from stem_observe.sources._fleet_wire import MAX_TEXT, decode
 from tests.conftest import Installed
 from tests.support.process import Running
 from tests.support.redis_server import RedisServer
@@ -330,3 +331,30 @@ def test_a_forked_child_forwards_on_its_own_connection_and_thread(
            if isinstance(e, ev.TaskEvent)]
     for task_id in ("in-parent", "in-child", "in-parent-after"):
         assert ids.count(task_id) == 4  # one record per event
+
+
+def test_an_event_the_wire_cannot_carry_is_counted_and_its_batch_still_lands(
+    installed: Installed, forwarder: FleetForwarder, fleet_redis: RedisServer,
+) -> None:
+    emit(ev.TaskSucceeded(task_id="huge-attempt", task_name="n", attempt=2**70))
+    emit(ev.TaskSucceeded(task_id="ok", task_name="n" * 5000, queue="q"))
+    emit(ev.TaskFailed(task_id="failed", task_name="n", error_message="m" * 5000,
+                       stacktrace="s" * 100_000))
+    assert forwarder.flush(5)
+    assert forwarder.dropped_by_reason() == {"unencodable": 1}
+    assert forwarder.forwarded == 2
+    client = redis.Redis.from_url(fleet_redis.url)
+    try:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            DEFAULT_STREAM)
+    finally:
+        client.close()
+    decoded = {e.task_id: e for _id, fields in entries for e in decode(fields)
+               if isinstance(e, ev.TaskEvent)}
+    assert set(decoded) == {"ok", "failed"}
+    assert len(decoded["ok"].task_name) == MAX_TEXT  # cut where it is read
+    failed = decoded["failed"]
+    assert isinstance(failed, ev.TaskFailed)
+    assert len(failed.error_message) == MAX_TEXT  # cut by the worker
+    assert failed.stacktrace is not None
+    assert len(failed.stacktrace) < 5000

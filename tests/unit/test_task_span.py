@@ -253,3 +253,34 @@ def test_a_provider_that_is_not_the_sdks_gets_its_own_spans() -> None:
     finally:
         stem_observe.uninstall()
     assert provider.started == 1
+
+
+@pytest.mark.parametrize("by_position", [True, False])
+def test_the_ended_span_is_the_same_whichever_way_it_is_built(
+        sdk: tuple[TracerProvider, InMemorySpanExporter, Recording], by_position: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Positional arguments only for the ReadableSpan signature this module knows; keywords
+    # for any other SDK. Both must give exporters the same span.
+    import stem_observe.sinks._span as span_module
+
+    assert span_module._READABLE_BY_POSITION  # the installed SDK's order is the known one
+    monkeypatch.setattr(span_module, "_READABLE_BY_POSITION", by_position)
+    provider, exporter, _ = sdk
+    with stem_observe.track_task("orders.ship", task_id="t-9", queue="orders",
+                                 headers={"traceparent": TRACEPARENT}):
+        trace.get_current_span().add_event("picked")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "stem.consume"
+    assert span.kind is SpanKind.CONSUMER
+    assert span.parent is not None
+    assert span.parent.span_id == int(TRACEPARENT[36:52], 16)
+    assert span.resource is provider.resource
+    assert (span.attributes or {})["stem.task.id"] == "t-9"
+    assert [e.name for e in span.events] == ["picked"]
+    assert span.links == ()
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.start_time is not None
+    assert span.end_time is not None
+    assert span.start_time <= span.end_time
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "stem_observe"
