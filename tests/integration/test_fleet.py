@@ -100,6 +100,17 @@ def forwarder(installed: Installed, fleet_redis: RedisServer) -> Iterator[FleetF
     fwd.close(timeout_s=5)
 
 
+def task_events_in_stream(server: RedisServer) -> list[ev.TaskEvent]:
+    """The task events in the fleet stream, decoded as ``serve`` decodes them."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            DEFAULT_STREAM)
+    finally:
+        client.close()
+    return [e for _id, fields in entries for e in decode(fields) if isinstance(e, ev.TaskEvent)]
+
+
 def trace_ids_by_task(installed: Installed) -> dict[str, str]:
     """The worker's own spans: task id -> trace id."""
     return {
@@ -321,14 +332,7 @@ def test_a_forked_child_forwards_on_its_own_connection_and_thread(
         pass
     assert forwarder.flush(5)
     assert forwarder.forwarded == 8  # the parent's own count, untouched by the child
-    client = redis.Redis.from_url(fleet_redis.url)
-    try:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-            DEFAULT_STREAM)
-    finally:
-        client.close()
-    ids = [e.task_id for _id, fields in entries for e in decode(fields)
-           if isinstance(e, ev.TaskEvent)]
+    ids = [e.task_id for e in task_events_in_stream(fleet_redis)]
     for task_id in ("in-parent", "in-child", "in-parent-after"):
         assert ids.count(task_id) == 4  # one record per event
 
@@ -343,14 +347,7 @@ def test_an_event_the_wire_cannot_carry_is_counted_and_its_batch_still_lands(
     assert forwarder.flush(5)
     assert forwarder.dropped_by_reason() == {"unencodable": 1}
     assert forwarder.forwarded == 2
-    client = redis.Redis.from_url(fleet_redis.url)
-    try:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-            DEFAULT_STREAM)
-    finally:
-        client.close()
-    decoded = {e.task_id: e for _id, fields in entries for e in decode(fields)
-               if isinstance(e, ev.TaskEvent)}
+    decoded = {e.task_id: e for e in task_events_in_stream(fleet_redis)}
     assert set(decoded) == {"ok", "failed"}
     assert len(decoded["ok"].task_name) == MAX_TEXT  # cut where it is read
     failed = decoded["failed"]
