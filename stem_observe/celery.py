@@ -141,6 +141,8 @@ def install(app: Any, *, fleet: str | None = None, heartbeat_interval_s: float |
     """
     global _installation  # noqa: PLW0603 - one installation per process
     fleet_url = fleet if fleet is not None else os.environ.get(FLEET_ENV) or None
+    if fleet_options and fleet_url is None:
+        raise ConfigError("fleet_options", f"given without fleet= (or ${FLEET_ENV})")
     if fleet_url is not None and not fleet_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("fleet", f"expected a redis:// URL, got {fleet_url.split('@')[-1]!r}")
     with _lock:

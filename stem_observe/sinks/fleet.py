@@ -60,6 +60,7 @@ from stem_observe.sinks._scopes import TASKS
 from stem_observe.sources._fleet_wire import (
     DROPPED_KIND,
     KINDS,
+    MAX_ENTRY_BYTES,
     READERS,
     RECORDS_PER_ENTRY,
     VERSION,
@@ -81,8 +82,11 @@ FLEET_SENDER: Final = FORWARDED_SENDER
 _OUTCOMES: Final = frozenset({
     ev.TaskSucceeded, ev.TaskFailed, ev.TaskRetry, ev.TaskRevoked, ev.TaskDeadLettered,
 })
-# One batch: an entry per body, then the marker. One command with one reply, atomic like a
-# transaction; a MULTI/XADD…/EXEC transaction got a reply per command, and Redis, reading a
+# What one entry holds at most when records had to be prepared one by one: half of what a
+# consumer reads, so that the array around the records never takes it over.
+_ENTRY_BUDGET: Final = MAX_ENTRY_BYTES // 2
+# One batch: an entry per body, then the marker, last. One command with one reply, run
+# atomically; a MULTI/XADD…/EXEC transaction got a reply per command, and Redis, reading a
 # large request 16 kB at a time, sent them in as many pieces (see _one_write for their cost).
 _WRITE_BATCH: Final = """
 for i = 4, #ARGV do
@@ -115,9 +119,8 @@ def _worker_trace(event: ev.TaskEvent) -> str | None:
 class FleetForwarder:
     """Forwards this process's task and worker events to the Redis stream ``stream``.
 
-    ``worker`` names this host in drop reports (default: the host name; the Celery plugin
-    passes the worker's node name). ``timeout_s`` bounds connecting and each command.
-    ``registry=None`` registers no metrics.
+    ``worker`` names this host in drop reports (default: the host name). ``timeout_s``
+    bounds connecting and each command. ``registry=None`` registers no metrics.
     """
 
     def __init__(
@@ -192,10 +195,9 @@ class FleetForwarder:
         # reply was lost can be looked up after reconnecting instead of guessed.
         self._marker = f"{self.stream}:batch:{uuid.uuid4().hex}"
         self._seq = 0
-        self._lost = 0  # events of the batch being packed that could not be encoded
         # (seq, events, drops reported, the batch's entry bodies): a batch whose write
         # failed, kept (one batch, at most batch_max events) until Redis says whether it landed
-        self._in_doubt: tuple[int, int, int, list[Any]] | None = None
+        self._in_doubt: tuple[int, int, int, list[bytes]] | None = None
         self.forwarded = 0
         """Events written to the stream."""
         self.batches = 0
@@ -240,14 +242,15 @@ class FleetForwarder:
             self._start_thread()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Send what is queued; ``True`` when the queue emptied within ``timeout_s``."""
+        """Send what is queued; ``True`` when the queue emptied within ``timeout_s`` and no
+        batch whose write failed is still waiting to be settled."""
         deadline = time.monotonic() + timeout_s
         thread = self._thread
         if thread is None or not thread.is_alive():
-            return not self._queue
+            return not self._queue and self._in_doubt is None
         self._wake.set()
         with self._idle:
-            while self._queue or self._sending:
+            while self._queue or self._sending or self._in_doubt is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -311,9 +314,14 @@ class FleetForwarder:
                 if traceparent is None and outcome and event.in_process:
                     # No trace context came with the message: the worker's span began one.
                     traceparent = _worker_trace(event)
-            # The event's fields, not the event: no exception's frames are held, the event
-            # is freed at once, and the garbage collector soon stops visiting the tuples.
-            queue.append((kind, traceparent, read(event)))
+            try:
+                # The event's fields, not the event: no exception's frames are held, the
+                # event is freed at once, and the collector soon stops visiting the tuples.
+                fields = read(event)
+            except Exception as exc:  # a field that is not what its type says
+                self._unencodable(kind, exc)
+                return
+            queue.append((kind, traceparent, fields))
             if len(queue) == self.batch_max:  # each append passes this length once
                 self._wake.set()
 
@@ -421,6 +429,7 @@ class FleetForwarder:
         remaining = self.batch_max
         bodies: list[bytes] = []
         encoded = 0
+        reported = False
         report = [drops_record(self.worker, unreported)] if unreported else []
         while remaining and queue:
             # Only this thread takes from the queue: len() items are there to take.
@@ -430,44 +439,65 @@ class FleetForwarder:
             if report and count < RECORDS_PER_ENTRY and not (remaining and queue):
                 records += report  # the last entry carries the report when it has room
                 report = []
-            encoded += count
-            self._pack(records, bodies)
+            events, with_report = self._pack(records, bodies)
+            encoded += events
+            reported = reported or with_report
         if report:
-            self._pack(report, bodies)
+            reported = self._pack(report, bodies)[1]
         if not bodies:
             return
+        unreported = unreported if reported else 0
         self._seq += 1
-        encoded -= self._lost
-        self._lost = 0
         try:
             self._write(client, self._seq, bodies)
         except BaseException:
-            # All or nothing (one script); the marker tells which, once Redis answers again.
+            # The script is atomic and writes the marker last; the marker tells whether the
+            # batch landed, once Redis answers again.
             self._in_doubt = (self._seq, encoded, unreported, bodies)
             raise
         self._committed(encoded, unreported)
 
-    def _pack(self, records: list[Record], bodies: list[bytes]) -> None:
-        """Append the entry body for ``records``, packed as queued if they can be; else each
-        record prepared (text made text and cut, containers converted) and those that still
-        cannot be packed counted as ``unencodable``."""
+    def _pack(self, records: list[Record], bodies: list[bytes]) -> tuple[int, bool]:
+        """Append the entry bodies for ``records``; the events packed, and whether a drop
+        report was.
+
+        Packed as queued when they can be; else each record prepared (text made valid text
+        and cut, containers converted), the entry split where it would be too large, and
+        the events that still cannot be packed counted as ``unencodable``.
+        """
         try:
             bodies.append(pack_body(records))
-            return
         except (TypeError, ValueError, OverflowError):
             pass
+        else:
+            reported = records[-1][0] == DROPPED_KIND
+            return len(records) - reported, reported
         kept: list[Record] = []
+        size = events = 0
+        reported = False
         for queued in records:
+            is_report = queued[0] == DROPPED_KIND
             try:
-                record = queued if queued[0] == DROPPED_KIND else prepare(*queued)
-                pack_body([record])
-            except Exception as exc:  # an event the wire cannot carry (a bug): count it
-                self._unencodable(queued[0], exc)
-                self._lost += 1
+                record = queued if is_report else prepare(*queued, clean=True)
+                length = len(pack_body([record]))
+            except Exception as exc:  # an event the wire cannot carry: count it
+                if is_report:  # not an event: it stays unreported, for the next batch
+                    self._log("report", "fleet drop report not encodable: %s", exc)
+                else:
+                    self._unencodable(queued[0], exc)
+                continue
+            if kept and size + length > _ENTRY_BUDGET:
+                bodies.append(pack_body(kept))
+                kept, size = [], 0
+            kept.append(record)
+            size += length
+            if is_report:
+                reported = True
             else:
-                kept.append(record)
+                events += 1
         if kept:
             bodies.append(pack_body(kept))
+        return events, reported
 
     def _log(self, key: str, message: str, *args: object) -> None:
         if self._throttle.allow(key):

@@ -169,9 +169,12 @@ def _float_enc(value: Any) -> Any:
 
 
 def _float_dec(value: Any) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise _bad("a finite number", value)
-    return float(value)
+    try:
+        if type(value) in (int, float) and math.isfinite(value):
+            return float(value)
+    except OverflowError:  # an integer no float holds
+        pass
+    raise _bad("a finite number", value)
 
 
 def _bool_dec(value: Any) -> bool:
@@ -362,14 +365,23 @@ def _cut(value: Any, limit: int) -> str:
     return text[:limit]
 
 
-def _prepared(lay: _Layout, values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``values`` with text cut (and made text), non-finite numbers left out and
-    containers converted."""
+def _valid(text: str) -> str:
+    """``text`` as UTF-8 can carry it (a lone surrogate, as from undecodable bytes, becomes
+    ``?``)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _prepared(lay: _Layout, values: tuple[Any, ...], *, clean: bool = False,
+              ) -> tuple[Any, ...]:
+    """``values`` with text cut (and made text; ``clean``: valid UTF-8), non-finite numbers
+    left out and containers converted."""
     fixed = list(values)
     for position, limit in lay.text:
         value = fixed[position]
         if value is not None and (value.__class__ is not str or len(value) > limit):
-            fixed[position] = _cut(value, limit)
+            value = fixed[position] = _cut(value, limit)
+        if clean and value is not None:
+            fixed[position] = _valid(value)
     for position in lay.floats:
         value = fixed[position]
         if value is not None and not isfinite(value):
@@ -401,14 +413,17 @@ Record = tuple[str, str | None, tuple[Any, ...]]
 Entry = dict[FieldT, EncodableT]
 
 
-def prepare(kind: str, traceparent: str | None, values: tuple[Any, ...]) -> Record:
-    """A record whose every field is within the limits a consumer keeps: what a forwarder
-    sends for a queued record that cannot be packed as it is (text that is not text, an
-    entry over :data:`MAX_ENTRY_BYTES`)."""
+def prepare(kind: str, traceparent: str | None, values: tuple[Any, ...], *,
+            clean: bool = False) -> Record:
+    """A record whose every field is within the limits a consumer keeps; with ``clean``,
+    its text is valid UTF-8 too. What a forwarder sends for a queued record that cannot be
+    packed as it is (text that is not text, an entry over :data:`MAX_ENTRY_BYTES`)."""
     if traceparent is not None and (traceparent.__class__ is not str
                                     or len(traceparent) > MAX_TRACEPARENT):
         traceparent = None
-    return kind, traceparent, _prepared(_LAYOUT_OF_KIND[kind], values)
+    elif traceparent is not None and clean:
+        traceparent = _valid(traceparent)
+    return kind, traceparent, _prepared(_LAYOUT_OF_KIND[kind], values, clean=clean)
 
 
 def encode(event: ev.Event, traceparent: str | None = None) -> Record:
@@ -421,7 +436,7 @@ def encode(event: ev.Event, traceparent: str | None = None) -> Record:
 
 def drops_record(worker: str, count: int) -> Record:
     """The record that reports ``count`` events dropped on ``worker``."""
-    return DROPPED_KIND, None, (worker[:MAX_TEXT], count)
+    return DROPPED_KIND, None, (_valid(worker[:MAX_TEXT]), count)
 
 
 def pack_body(records: Sequence[Sequence[Any]]) -> bytes:
@@ -517,7 +532,7 @@ def _records(version: str, entry: Mapping[Any, Any]) -> Any:
             raise WireError("malformed", f"invalid MessagePack: {exc}") from None
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise WireError("malformed", f"invalid JSON: {exc}") from None
 
 

@@ -9,11 +9,11 @@ its span), and the metrics sink reads the worker's trace id from the event's
 ``traceparent`` for its exemplars. Entries are acknowledged (``XACK``) after they were
 emitted, one round trip per batch.
 
-* **Versions**: entries of record format versions 2 and 1 are both read, so workers can be
-  upgraded one at a time (``sources/_fleet_wire.py``).
-* **Bad entries** (unknown version or kind, malformed JSON or fields) are counted in
-  ``stem_observe_fleet_parse_errors_total{kind}``, logged (rate-limited), acknowledged and
-  skipped.
+* **Versions**: entries of record format versions 3, 2 and 1 are all read, so workers can
+  be upgraded one at a time (``sources/_fleet_wire.py``).
+* **Bad entries** (unknown version or kind, malformed MessagePack, JSON or fields) are
+  counted in ``stem_observe_fleet_parse_errors_total{kind}``, logged (rate-limited),
+  acknowledged and skipped.
 * **Dead consumers**: entries another consumer read and never acknowledged for
   ``claim_idle_s`` are claimed (``XAUTOCLAIM``) and handled here.
 * **Redis restarts**: a lost group (``NOGROUP``) is created again, reading from the start of
@@ -282,6 +282,8 @@ class FleetConsumer:
                 items = decode(fields)
             except WireError as exc:
                 items = [exc]
+            except Exception as exc:  # a decoder bug must not stall the stream
+                items = [WireError("malformed", f"undecodable entry: {exc!r}")]
             for item in items:
                 if isinstance(item, WireError):
                     self.metrics.parse_errors.labels(item.kind).inc()

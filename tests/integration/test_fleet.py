@@ -24,7 +24,7 @@ import stem_observe
 from stem_observe import events as ev
 from stem_observe.signals import emit
 from stem_observe.sinks.fleet import DEFAULT_STREAM, FleetForwarder
-from stem_observe.sources._fleet_wire import MAX_TEXT, decode
+from stem_observe.sources._fleet_wire import MAX_TEXT, DropReport, decode
 from tests.conftest import Installed
 from tests.support.process import Running
 from tests.support.redis_server import RedisServer
@@ -355,3 +355,85 @@ def test_an_event_the_wire_cannot_carry_is_counted_and_its_batch_still_lands(
     assert len(failed.error_message) == MAX_TEXT  # cut by the worker
     assert failed.stacktrace is not None
     assert len(failed.stacktrace) < 5000
+
+
+def test_a_batch_of_nothing_but_an_unencodable_event_leaves_the_counts_exact(
+    installed: Installed, forwarder: FleetForwarder, fleet_redis: RedisServer,
+) -> None:
+    emit(ev.TaskSucceeded(task_id="huge-attempt", task_name="n", attempt=2**70))
+    assert forwarder.flush(5)
+    emit(ev.TaskSucceeded(task_id="ok", task_name="n"))
+    assert forwarder.flush(5)
+    assert forwarder.dropped_by_reason() == {"unencodable": 1}
+    assert forwarder.forwarded == 1
+    assert [e.task_id for e in task_events_in_stream(fleet_redis)] == ["ok"]
+
+
+def test_records_too_large_for_one_entry_are_split_not_lost(
+    installed: Installed, forwarder: FleetForwarder, fleet_redis: RedisServer,
+) -> None:
+    broadcasts = tuple(f"{i:05d}" * 20 for i in range(500))  # ≈ 50 kB per heartbeat
+    for i in range(100):  # one entry's worth of records, ≈ 5 MB: over what serve reads
+        emit(ev.WorkerHeartbeat(worker_id=f"w{i}", broadcasts=broadcasts))
+    assert forwarder.flush(10)
+    assert forwarder.dropped == 0
+    assert forwarder.forwarded == 100
+    client = redis.Redis.from_url(fleet_redis.url)
+    try:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            DEFAULT_STREAM)
+    finally:
+        client.close()
+    beats = [e for _id, fields in entries for e in decode(fields)
+             if isinstance(e, ev.WorkerHeartbeat)]
+    assert len(beats) == 100
+    assert beats[0].broadcasts == broadcasts
+    assert len(entries) > 1
+
+
+def test_a_drop_report_names_any_worker_and_is_delivered(
+    installed: Installed, fleet_redis: RedisServer,
+) -> None:
+    forwarder = FleetForwarder(fleet_redis.url, flush_interval_s=0.05, worker="w\udcff",
+                               registry=None, timeout_s=1.0).start()
+    try:
+        emit(ev.TaskSucceeded(task_id="huge-attempt", task_name="n", attempt=2**70))
+        assert forwarder.flush(5)  # the report went out: nothing left to send
+        client = redis.Redis.from_url(fleet_redis.url)
+        try:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+                DEFAULT_STREAM)
+        finally:
+            client.close()
+        reports = [e for _id, fields in entries for e in decode(fields)
+                   if isinstance(e, DropReport)]
+        assert reports == [DropReport("w?", 1)]
+    finally:
+        forwarder.close(timeout_s=5)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["reply-lost", "not-written"])
+def test_a_batch_whose_write_failed_is_settled_by_its_marker(
+    installed: Installed, forwarder: FleetForwarder, fleet_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch, landed: bool,
+) -> None:
+    write = forwarder._write
+    failures: list[int] = []
+
+    def fail_once(client: redis.Redis, seq: int, bodies: list[bytes]) -> None:
+        if not failures:
+            failures.append(seq)
+            if landed:
+                write(client, seq, bodies)  # Redis ran the script; its reply never came
+            raise redis.ConnectionError("connection lost")
+        write(client, seq, bodies)
+
+    monkeypatch.setattr(forwarder, "_write", fail_once)
+    with stem_observe.track_task("settle.job", task_id="once"):
+        pass
+    assert forwarder.flush(10)
+    assert failures
+    assert forwarder.dropped == 0
+    assert forwarder.forwarded == 4
+    ids = [e.task_id for e in task_events_in_stream(fleet_redis)]
+    assert ids == ["once"] * 4  # written once, whether or not the first try landed

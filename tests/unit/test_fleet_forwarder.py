@@ -117,3 +117,14 @@ def test_a_queued_failure_holds_its_fields_not_its_exception(unreachable: str) -
     finally:
         forwarder.close(timeout_s=0.5)
     assert forwarder.dropped == 1  # Redis never answered: counted at close
+
+
+def test_an_event_whose_fields_cannot_be_read_is_counted_not_queued(unreachable: str) -> None:
+    forwarder = FleetForwarder(unreachable, timeout_s=0.2, registry=None).start()
+    try:
+        stem_observe.emit(stem_observe.TaskFailed(
+            task_id="t", task_name="n", runtime_s="1.5"))  # type: ignore[arg-type]
+        assert forwarder.queued == 0
+        assert forwarder.dropped_by_reason() == {"unencodable": 1}
+    finally:
+        forwarder.close(timeout_s=0.5)

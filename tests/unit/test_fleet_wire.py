@@ -521,3 +521,35 @@ def test_round_trip_property(
     assert (decoded.task_id, decoded.task_name, decoded.queue, decoded.attempt,
             decoded.worker_id, decoded.occurred_at) == (
         task_id, task_name, queue, attempt, worker_id, occurred_at)
+
+
+@pytest.mark.parametrize("fields", [
+    # an integer no float holds, where a float belongs
+    {"v": "2", "e": '[["task-succeeded",null,1.0,"t","n",null,null,null,null,1' + "0" * 400
+     + "]]"},
+    {"v": "1", "e": '[{"k":"task-succeeded","task_id":"t","task_name":"n","runtime_s":1'
+     + "0" * 400 + "}]"},
+], ids=["v2", "v1"])
+def test_a_huge_integer_for_a_float_is_a_malformed_record(fields: dict[str, str]) -> None:
+    (item,) = decode(as_stream(fields))
+    assert isinstance(item, WireError)
+    assert item.kind == "malformed"
+
+
+@pytest.mark.parametrize("version", ["2", "1"])
+def test_json_nested_too_deep_is_a_malformed_entry(version: str) -> None:
+    with pytest.raises(WireError) as caught:
+        decode(as_stream({"v": version, "e": "[" * 200_000}))
+    assert caught.value.kind == "malformed"
+
+
+def test_a_drop_report_carries_any_worker_name() -> None:
+    record = drops_record("w\udcff", 3)  # a host name decoded with surrogateescape
+    assert decode(as_stream(pack([record]))) == [DropReport("w?", 3)]
+
+
+def test_prepare_clean_makes_text_valid_utf8() -> None:
+    kind, tp, values = prepare("task-succeeded", "00-\udcff",
+                               (1.0, "t\udcff", "n", "q", 0, 0, None, 0.5), clean=True)
+    assert (tp, values[1]) == ("00-?", "t?")
+    assert pack([(kind, tp, values)])["v"] == "3"
