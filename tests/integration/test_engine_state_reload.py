@@ -23,7 +23,7 @@ from stem_observe.rules import parse_rules
 from stem_observe.rules.engine import AlertState, Engine
 from stem_observe.rules.redis_store import RedisStore, state_to_json
 from stem_observe.sources.stem.simulator import StemSimulator
-from tests.support.process import Running
+from tests.support.process import Running, ready
 from tests.support.recording_server import RecordingServer
 from tests.support.wait import wait_for
 
@@ -250,7 +250,7 @@ def test_serve_restarted_while_an_alert_fires_keeps_it_and_does_not_notify_again
     with RecordingServer() as hook:
         with serve(redis_url, rules, hook.url + "/hook", tmp_path, "first") as first:
             base = first.base_url()
-            wait_for(lambda: urllib.request.urlopen(f"{base}/readyz").status == 200,
+            wait_for(lambda: ready(base),
                      message="ready")
             broker = client(redis_url)
             for _ in range(3):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import httpx
 import redis
 
 from stem_observe.sources.stem.simulator import StemSimulator
-from tests.support.process import Running
+from tests.support.process import Running, ready
 from tests.support.recording_server import RecordingServer
 from tests.support.wait import wait_for
 
@@ -54,7 +53,7 @@ def test_serve_fires_a_dead_letter_alert_into_a_webhook(redis_url: str, tmp_path
                         tmp_path, env={"TEST_WEBHOOK_URL": hook.url + "/hook"})
         try:
             base = serve.base_url()
-            wait_for(lambda: urllib.request.urlopen(f"{base}/readyz").status == 200,
+            wait_for(lambda: ready(base),
                      message="ready")
             client = redis.Redis.from_url(redis_url)
             simulator = StemSimulator(client)

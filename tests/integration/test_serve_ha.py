@@ -15,7 +15,7 @@ import redis
 from stem_observe.sources.stem.simulator import StemSimulator
 from tests.integration.test_serve_alerting import RULES
 from tests.support.fault_server import FaultServer, Reply
-from tests.support.process import Running
+from tests.support.process import Running, ready
 from tests.support.recording_server import RecordingServer
 from tests.support.wait import wait_for
 
@@ -44,13 +44,6 @@ def dead_letters(redis_url: str, count: int = 3) -> None:
         simulator.run_task("payments.charge", queue="payments", worker_id="w1",
                            outcome="fail", error_type="CardDeclined")
     client.close()
-
-
-def ready(base: str) -> bool:
-    try:
-        return bool(urllib.request.urlopen(f"{base}/readyz").status == 200)
-    except urllib.error.HTTPError:  # 503 until the first poll of Redis
-        return False
 
 
 def ticks(base: str) -> float:

@@ -8,10 +8,22 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 from tests.support.wait import wait_for
+
+
+def ready(base: str) -> bool:
+    """Whether the ``serve`` at ``base`` answers ``/readyz`` with 200 (a 503 until its first
+    poll of Redis, or no answer yet, is not ready: wait on it)."""
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):  # HTTPError (503) is a URLError
+        return False
 
 
 class Running:
