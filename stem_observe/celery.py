@@ -94,6 +94,10 @@ class _Installation:
 
     def child_init(self) -> None:
         """In a freshly forked pool child: forwarding of its own."""
+        self._child_fleet()
+        self.name_fleet(self.plugin.hostname)
+
+    def _child_fleet(self) -> None:
         inherited = self.fleet
         if inherited is None:
             self.start_fleet()
@@ -108,6 +112,12 @@ class _Installation:
         except Exception:
             logger.warning("closing the inherited fleet forwarder failed", exc_info=True)
         self.start_fleet()
+
+    def name_fleet(self, hostname: str | None) -> None:
+        """Drop reports name the worker's node (``celery@host``), as its other metrics do,
+        unless ``fleet_options`` named it."""
+        if self.fleet is not None and hostname and "worker" not in self.fleet_options:
+            self.fleet.worker = hostname
 
     def flush(self, timeout_s: float) -> None:
         try:
@@ -257,6 +267,9 @@ class StemObserveStep(bootsteps.StartStopStep):  # type: ignore[misc]
         hostname = getattr(parent, "hostname", None)
         if plugin is not None and isinstance(hostname, str):
             plugin.hostname = hostname
+            installation = _installation
+            if installation is not None:
+                installation.name_fleet(hostname)
 
     @classmethod
     def with_options(cls, **options: Any) -> type[StemObserveStep]:

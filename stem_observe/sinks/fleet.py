@@ -119,7 +119,8 @@ def _worker_trace(event: ev.TaskEvent) -> str | None:
 class FleetForwarder:
     """Forwards this process's task and worker events to the Redis stream ``stream``.
 
-    ``worker`` names this host in drop reports (default: the host name). ``timeout_s``
+    ``worker`` names this process's worker in drop reports (default: the host name; the
+    Celery plugin names the worker's node once it knows it). ``timeout_s``
     bounds connecting and each command. ``registry=None`` registers no metrics.
     """
 

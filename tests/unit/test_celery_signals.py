@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,6 +201,22 @@ def test_fleet_options_reach_the_forwarder() -> None:
     finally:
         stem_observe.celery.uninstall()
     assert stem_observe.celery.fleet_forwarder() is None
+
+
+def test_a_pool_childs_forwarder_names_the_workers_node() -> None:
+    stem_observe.celery.install(tasks.app, fleet="redis://127.0.0.1:1/0",
+                                registry=CollectorRegistry(), heartbeat_interval_s=0)
+    try:
+        forwarder = stem_observe.celery.fleet_forwarder()
+        plugin = stem_observe.celery.installed_plugin()
+        assert forwarder is not None
+        assert plugin is not None
+        assert forwarder.worker == socket.gethostname()  # the node is not known yet
+        plugin.hostname = "celery@node-1"  # learnt by the main process before forking
+        plugin.on_worker_process_init()
+        assert forwarder.worker == "celery@node-1"
+    finally:
+        stem_observe.celery.uninstall()
 
 
 @pytest.mark.parametrize(("options", "problem"), [
