@@ -24,7 +24,7 @@ import stem_observe
 from stem_observe import events as ev
 from stem_observe.signals import emit
 from stem_observe.sinks.fleet import DEFAULT_STREAM, FleetForwarder
-from stem_observe.sources._fleet_wire import MAX_TEXT, DropReport, decode
+from stem_observe.sources._fleet_wire import MAX_TEXT, DropReport, WireError, decode
 from tests.conftest import Installed
 from tests.support.process import Running
 from tests.support.redis_server import RedisServer
@@ -100,15 +100,25 @@ def forwarder(installed: Installed, fleet_redis: RedisServer) -> Iterator[FleetF
     fwd.close(timeout_s=5)
 
 
-def task_events_in_stream(server: RedisServer) -> list[ev.TaskEvent]:
-    """The task events in the fleet stream, decoded as ``serve`` decodes them."""
+def stream_entries(server: RedisServer) -> list[dict[bytes, bytes]]:
+    """The fields of every entry in the fleet stream, oldest first."""
     client = redis.Redis.from_url(server.url)
     try:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
             DEFAULT_STREAM)
     finally:
         client.close()
-    return [e for _id, fields in entries for e in decode(fields) if isinstance(e, ev.TaskEvent)]
+    return [fields for _id, fields in entries]
+
+
+def stream_records(server: RedisServer) -> list[ev.Event | DropReport | WireError]:
+    """Every record in the fleet stream, decoded as ``serve`` decodes them."""
+    return [record for fields in stream_entries(server) for record in decode(fields)]
+
+
+def task_events_in_stream(server: RedisServer) -> list[ev.TaskEvent]:
+    """The task events in the fleet stream."""
+    return [e for e in stream_records(server) if isinstance(e, ev.TaskEvent)]
 
 
 def trace_ids_by_task(installed: Installed) -> dict[str, str]:
@@ -378,17 +388,10 @@ def test_records_too_large_for_one_entry_are_split_not_lost(
     assert forwarder.flush(10)
     assert forwarder.dropped == 0
     assert forwarder.forwarded == 100
-    client = redis.Redis.from_url(fleet_redis.url)
-    try:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-            DEFAULT_STREAM)
-    finally:
-        client.close()
-    beats = [e for _id, fields in entries for e in decode(fields)
-             if isinstance(e, ev.WorkerHeartbeat)]
+    beats = [e for e in stream_records(fleet_redis) if isinstance(e, ev.WorkerHeartbeat)]
     assert len(beats) == 100
     assert beats[0].broadcasts == broadcasts
-    assert len(entries) > 1
+    assert len(stream_entries(fleet_redis)) > 1
 
 
 def test_a_drop_report_names_any_worker_and_is_delivered(
@@ -399,14 +402,7 @@ def test_a_drop_report_names_any_worker_and_is_delivered(
     try:
         emit(ev.TaskSucceeded(task_id="huge-attempt", task_name="n", attempt=2**70))
         assert forwarder.flush(5)  # the report went out: nothing left to send
-        client = redis.Redis.from_url(fleet_redis.url)
-        try:
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-                DEFAULT_STREAM)
-        finally:
-            client.close()
-        reports = [e for _id, fields in entries for e in decode(fields)
-                   if isinstance(e, DropReport)]
+        reports = [e for e in stream_records(fleet_redis) if isinstance(e, DropReport)]
         assert reports == [DropReport("w?", 1)]
     finally:
         forwarder.close(timeout_s=5)
