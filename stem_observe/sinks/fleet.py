@@ -2,8 +2,9 @@
 
 :class:`FleetForwarder` is a signal receiver for every task and worker event a worker
 produces. On the sending thread it reads the event's forwarded fields into a tuple (one C
-call) and appends ``(kind, traceparent, fields)`` to a bounded in-memory queue (no I/O, no
-lock): when the queue is full the event is dropped and counted. Keeping the fields rather
+call for a task's lifecycle kinds; the rarer kinds also have their free text cut there) and
+appends ``(kind, traceparent, fields)`` to a bounded in-memory queue (no I/O, no lock): when
+the queue is full the event is dropped and counted. Keeping the fields rather
 than the event lets the event die at once: events held in a queue survived into the
 garbage collector's older generations and cost the emitting thread more than the read
 does. A background thread packs what is queued (``sources/_fleet_wire.py``) and sends each
