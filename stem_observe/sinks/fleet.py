@@ -98,7 +98,6 @@ return #ARGV - 3
 """
 
 
-
 def _positive(name: str, value: float, *, integer: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
             integer and not isinstance(value, int)):
