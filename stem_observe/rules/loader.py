@@ -99,7 +99,6 @@ def parse_rules(text: str, filename: str = "<string>") -> RuleSet:
     return loader.result()
 
 
-
 class _Loader(RoutingReader):
     """Reads documents into rules and routing, collecting problems instead of stopping."""
 
